@@ -1,0 +1,144 @@
+//! `/fn/NAME[:QUALIFIER]/rest/of/path`: every request reaches the function
+//! with its method, remaining path, query, headers and body; the response
+//! streams back with the request id and the version that served it.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use wisp_core::{BoxError, Target, ValidationError};
+
+/// Response header with the invocation's request id.
+pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
+/// Response header naming the version that served the request.
+pub const VERSION_HEADER: &str = "x-wisp-version";
+/// Response header naming the function.
+pub const FUNCTION_HEADER: &str = "x-wisp-function";
+
+/// A new request id: 12 hex digits of milliseconds since the epoch, then 20
+/// random hex digits, so ids sort by time.
+pub fn new_request_id() -> String {
+    let ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let r: u128 = rand::random();
+    format!(
+        "{:012x}{:020x}",
+        ms & 0xffff_ffff_ffff,
+        r & ((1u128 << 80) - 1)
+    )
+}
+
+/// Splits `/fn/<target>/<rest>` into the target and the rest of the path.
+fn split_path(path: &str) -> (&str, &str) {
+    let after = path.strip_prefix("/fn/").unwrap_or("");
+    match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, "/"),
+    }
+}
+
+/// Handles every request under `/fn/`.
+pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
+    let request_id = new_request_id();
+    let mut res = match forward(&app, req, &request_id).await {
+        Ok(res) => res,
+        Err(e) => e.with_request_id(&request_id).into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    res
+}
+
+async fn forward(app: &AppState, req: Request, request_id: &str) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let (target, rest) = split_path(parts.uri.path());
+    let target: Target = target
+        .parse()
+        .map_err(|e| ValidationError::new("name", format!("`{target}`: {e}")))?;
+    let resolved = app.store.resolve(&target.name, &target.qualifier).await?;
+    let deployment = resolved.pick(rand::random::<f64>()).clone();
+
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|e| ApiError::bad_request(format!("cannot forward this URI: {e}")))?;
+    let limit = app.max_invoke_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body = http_body_util::Limited::new(body, limit)
+        .map_err(|e| -> BoxError { e })
+        .boxed_unsync();
+    let request = http::Request::from_parts(parts, body);
+
+    let version = deployment.version.to_string();
+    let function = deployment.function.to_string();
+    let response = app
+        .invoker
+        .invoke(deployment, request_id.to_string(), request)
+        .await
+        .map_err(ApiError::from)?;
+    let (mut parts, body) = response.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        parts
+            .headers
+            .insert(HeaderName::from_static(VERSION_HEADER), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&function) {
+        parts
+            .headers
+            .insert(HeaderName::from_static(FUNCTION_HEADER), v);
+    }
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The 413 for a declared `Content-Length` over the limit. A chunked body
+/// that grows past it fails the function's read instead.
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        wisp_core::ErrorCode::PayloadTooLarge,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_target_and_rest() {
+        assert_eq!(split_path("/fn/hello"), ("hello", "/"));
+        assert_eq!(split_path("/fn/hello:3/a/b"), ("hello:3", "/a/b"));
+        assert_eq!(split_path("/fn/hello/"), ("hello", "/"));
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_fixed_length() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP face of Wisp: the control-plane REST API under `/v1` (with its
+//! OpenAPI document generated from the Rust types at `/v1/openapi.json`)
+//! and the data plane under `/fn/NAME[:QUALIFIER]/...`.
+//!
+//! This crate never links wasmtime: it reaches the runtime only through the
+//! [`wisp_core::Invoker`] and [`wisp_core::Preparer`] traits, and the store
+//! through [`wisp_store::MetadataStore`].
+//!
+//! ```no_run
+//! # fn demo(app: wisp_api::AppState) {
+//! let router: axum::Router = wisp_api::router(app);
+//! # }
+//! ```
+
+pub mod artifacts;
+pub mod auth;
+pub mod dataplane;
+pub mod error;
+pub mod extract;
+pub mod functions;
+pub mod telemetry;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use error::ApiError;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wisp_core::{ErrorCode, FunctionName, Health, Invoker, Preparer, ValidationError};
+use wisp_store::MetadataStore;
+
+pub use artifacts::Artifacts;
+pub use telemetry::Telemetry;
+
+/// Everything the handlers share.
+pub struct App {
+    /// Function metadata.
+    pub store: Arc<dyn MetadataStore>,
+    /// Uploaded components.
+    pub artifacts: Artifacts,
+    /// Validates and compiles components at upload.
+    pub preparer: Arc<dyn Preparer>,
+    /// Runs functions.
+    pub invoker: Arc<dyn Invoker>,
+    /// Stats and logs.
+    pub telemetry: Arc<Telemetry>,
+    /// Bearer token the control API requires, if any.
+    pub token: Option<String>,
+    /// Largest request body forwarded to a function.
+    pub max_invoke_body: usize,
+}
+
+/// Shared handler state.
+pub type AppState = Arc<App>;
+
+/// Parses a function name from a path, as a 400 naming the field.
+pub(crate) fn function_name(s: &str) -> Result<FunctionName, ApiError> {
+    s.parse()
+        .map_err(|e| ValidationError::new("name", format!("`{s}`: {e}")).into())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Wisp control API", description = "Deploy, version and invoke WebAssembly functions."),
+    tags(
+        (name = "functions", description = "Create, read, update and delete functions"),
+        (name = "versions", description = "Immutable published versions"),
+        (name = "aliases", description = "Named pointers at versions, with weighted routing"),
+        (name = "artifacts", description = "Component uploads"),
+        (name = "observability", description = "Logs and stats"),
+        (name = "system", description = "Health"),
+    ),
+    components(schemas(wisp_core::ErrorBody, wisp_core::ErrorCode))
+)]
+struct ApiDoc;
+
+/// Server liveness and version.
+#[utoipa::path(get, path = "/v1/health", tag = "system", responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// The API's routes and the OpenAPI document describing exactly them.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use functions::*;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_functions, create_function))
+        .routes(routes!(
+            get_function,
+            put_function,
+            patch_function,
+            delete_function
+        ))
+        .routes(routes!(publish_version, list_versions))
+        .routes(routes!(get_version, delete_version))
+        .routes(routes!(create_alias, list_aliases))
+        .routes(routes!(get_alias, update_alias, delete_alias))
+        .routes(routes!(telemetry::get_logs))
+        .routes(routes!(telemetry::get_stats))
+        .routes(routes!(artifacts::upload_artifact))
+        .routes(routes!(artifacts::get_artifact))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the control API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    let (_, health_doc) = OpenApiRouter::<AppState>::new()
+        .routes(routes!(health))
+        .split_for_parts();
+    doc.merge(health_doc);
+    doc
+}
+
+async fn no_route(req: Request) -> ApiError {
+    let _ = req;
+    ApiError::no_route()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this method is not allowed on this route; see /v1/openapi.json",
+    )
+}
+
+/// The whole HTTP surface: control API, health, OpenAPI and data plane.
+pub fn router(app: AppState) -> Router {
+    let (api, _) = api();
+    let doc = Arc::new(openapi());
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .merge(api)
+        .route("/v1/health", get(health))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()).into_response() }
+            }),
+        )
+        .route("/fn/{*rest}", any(dataplane::invoke))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}

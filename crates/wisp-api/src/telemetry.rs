@@ -1,0 +1,282 @@
+//! Per-invocation telemetry: in-memory stats over a sliding window, and
+//! captured output handed to the store's log in batches.
+
+use crate::error::ApiResult;
+use crate::extract::ApiQuery;
+use crate::{AppState, function_name};
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use wisp_core::{
+    DurationPercentiles, ErrorBody, FunctionName, FunctionStats, InvocationOutcome,
+    InvocationRecord, InvocationSink, InvokeError, LogPage, LogStream, ValidationError, VersionId,
+    VersionStats,
+};
+use wisp_store::{LogQuery, MetadataStore, NewLogRecord};
+
+/// Length of the stats window.
+pub const STATS_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Width of one stats bucket.
+const BUCKET_SECS: i64 = 60;
+/// Duration samples kept per bucket (reservoir sampling beyond that).
+const SAMPLES_PER_BUCKET: usize = 2048;
+/// Log records waiting to be written; beyond this they are dropped and counted.
+const LOG_QUEUE: usize = 16_384;
+
+#[derive(Debug, Default, Clone)]
+struct Bucket {
+    start: i64,
+    invocations: u64,
+    errors: u64,
+    timeouts: u64,
+    throttles: u64,
+    cold_starts: u64,
+    seen: u64,
+    samples: Vec<f64>,
+}
+
+type Key = (FunctionName, VersionId);
+
+/// Collects invocation records. Cheap to call from the request path.
+pub struct Telemetry {
+    windows: Mutex<HashMap<Key, Vec<Bucket>>>,
+    logs: mpsc::Sender<NewLogRecord>,
+    dropped_logs: AtomicU64,
+}
+
+impl Telemetry {
+    /// Starts the background log writer on the current tokio runtime.
+    pub fn new(store: Arc<dyn MetadataStore>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(LOG_QUEUE);
+        tokio::spawn(write_logs(store, rx));
+        Arc::new(Telemetry {
+            windows: Mutex::new(HashMap::new()),
+            logs: tx,
+            dropped_logs: AtomicU64::new(0),
+        })
+    }
+
+    /// Log records dropped because the writer fell behind.
+    pub fn dropped_logs(&self) -> u64 {
+        self.dropped_logs.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, record: NewLogRecord) {
+        if self.logs.try_send(record).is_err() {
+            self.dropped_logs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn update_stats(&self, r: &InvocationRecord) {
+        let now = Utc::now().timestamp();
+        let start = now - now.rem_euclid(BUCKET_SECS);
+        let horizon = now - STATS_WINDOW.as_secs() as i64;
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = windows.entry((r.function.clone(), r.version)).or_default();
+        buckets.retain(|b| b.start + BUCKET_SECS > horizon);
+        if buckets.last().is_none_or(|b| b.start != start) {
+            buckets.push(Bucket {
+                start,
+                ..Default::default()
+            });
+        }
+        let b = buckets.last_mut().expect("just pushed");
+        match &r.outcome {
+            InvocationOutcome::Failed(InvokeError::Throttled { .. }) => {
+                b.throttles += 1;
+                return;
+            }
+            InvocationOutcome::Failed(InvokeError::Timeout { .. }) => b.timeouts += 1,
+            InvocationOutcome::Failed(_) => b.errors += 1,
+            InvocationOutcome::Completed { .. } => {}
+        }
+        b.invocations += 1;
+        if r.cold_start {
+            b.cold_starts += 1;
+        }
+        let ms = r.duration.as_secs_f64() * 1000.0;
+        b.seen += 1;
+        if b.samples.len() < SAMPLES_PER_BUCKET {
+            b.samples.push(ms);
+        } else {
+            let slot = rand::random_range(0..b.seen) as usize;
+            if slot < SAMPLES_PER_BUCKET {
+                b.samples[slot] = ms;
+            }
+        }
+    }
+
+    /// Stats of one function over the window.
+    pub fn stats(&self, function: &FunctionName) -> FunctionStats {
+        let horizon = Utc::now().timestamp() - STATS_WINDOW.as_secs() as i64;
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_version: Vec<(VersionId, Vec<&Bucket>)> = windows
+            .iter()
+            .filter(|((f, _), _)| f == function)
+            .map(|((_, v), buckets)| {
+                let live = buckets
+                    .iter()
+                    .filter(|b| b.start + BUCKET_SECS > horizon)
+                    .collect();
+                (*v, live)
+            })
+            .filter(|(_, b): &(VersionId, Vec<&Bucket>)| !b.is_empty())
+            .collect();
+        per_version.sort_by_key(|(v, _)| *v);
+        let all: Vec<&Bucket> = per_version.iter().flat_map(|(_, b)| b.clone()).collect();
+        FunctionStats {
+            function: function.clone(),
+            window_seconds: STATS_WINDOW.as_secs(),
+            total: summarize("all".into(), &all),
+            versions: per_version
+                .iter()
+                .map(|(v, b)| summarize(v.to_string(), b))
+                .collect(),
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summarize(version: String, buckets: &[&Bucket]) -> VersionStats {
+    let mut samples: Vec<f64> = buckets
+        .iter()
+        .flat_map(|b| b.samples.iter().copied())
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let sum = |f: fn(&Bucket) -> u64| buckets.iter().map(|b| f(b)).sum();
+    VersionStats {
+        version,
+        invocations: sum(|b| b.invocations),
+        errors: sum(|b| b.errors),
+        timeouts: sum(|b| b.timeouts),
+        throttles: sum(|b| b.throttles),
+        cold_starts: sum(|b| b.cold_starts),
+        duration_ms: DurationPercentiles {
+            p50: percentile(&samples, 50.0),
+            p90: percentile(&samples, 90.0),
+            p99: percentile(&samples, 99.0),
+        },
+    }
+}
+
+impl InvocationSink for Telemetry {
+    fn record(&self, r: InvocationRecord) {
+        self.update_stats(&r);
+        let base = |stream: LogStream, message: String, truncated: bool| NewLogRecord {
+            request_id: r.request_id.clone(),
+            timestamp: r.started_at,
+            function: r.function.clone(),
+            version: r.version,
+            stream,
+            message,
+            truncated,
+        };
+        for (stream, capture) in [
+            (LogStream::Stdout, &r.stdout),
+            (LogStream::Stderr, &r.stderr),
+        ] {
+            if !capture.bytes.is_empty() || capture.truncated {
+                let text = String::from_utf8_lossy(&capture.bytes).into_owned();
+                self.log(base(stream, text, capture.truncated));
+            }
+        }
+        if let InvocationOutcome::Failed(e) = &r.outcome {
+            self.log(base(LogStream::System, e.to_string(), false));
+        }
+    }
+}
+
+async fn write_logs(store: Arc<dyn MetadataStore>, mut rx: mpsc::Receiver<NewLogRecord>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        if let Err(e) = store.append_logs(std::mem::take(&mut batch)).await {
+            tracing::warn!(error = %e, "could not write invocation logs");
+        }
+    }
+}
+
+/// Query of `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only this invocation.
+    request_id: Option<String>,
+    /// Only invocations started at or after this RFC 3339 time.
+    since: Option<String>,
+    /// Only records after this id (from `next_after`).
+    after: Option<i64>,
+    /// At most this many records (1 to 1000; default 100).
+    limit: Option<u32>,
+}
+
+/// Read a function's captured output.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "observability",
+    params(("name" = String, Path, description = "Function name"), LogsQuery),
+    responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_logs(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Json<LogPage>> {
+    let name = function_name(&name)?;
+    app.store.get_function(&name).await?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ValidationError::new("since", format!("not an RFC 3339 time: {e}")))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=wisp_core::limits::MAX_LOG_QUERY_LIMIT).contains(&limit) {
+        return Err(ValidationError::new(
+            "limit",
+            format!(
+                "must be from 1 to {}",
+                wisp_core::limits::MAX_LOG_QUERY_LIMIT
+            ),
+        )
+        .into());
+    }
+    let page = app
+        .store
+        .query_logs(
+            &name,
+            LogQuery {
+                request_id: q.request_id,
+                since,
+                after: q.after,
+                limit,
+            },
+        )
+        .await?;
+    Ok(Json(page))
+}
+
+/// Invocation counters and duration percentiles over the last 15 minutes.
+#[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "observability",
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 200, body = FunctionStats), (status = 404, body = ErrorBody)))]
+pub async fn get_stats(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionStats>> {
+    let name = function_name(&name)?;
+    app.store.get_function(&name).await?;
+    Ok(Json(app.telemetry.stats(&name)))
+}

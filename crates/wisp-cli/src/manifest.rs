@@ -1,0 +1,286 @@
+//! `wisp.toml`, the declarative list of functions that `wisp deploy` applies.
+//!
+//! ```toml
+//! [[function]]
+//! name = "hello"                                    # required
+//! wasm = "target/wasm32-wasip2/release/hello.wasm"  # required, relative to this file
+//! build = "cargo build --release"                   # optional, run with `sh -c` here
+//! description = "Returns a greeting"                # optional
+//! memory_mib = 64                                   # optional
+//! timeout_ms = 5000                                 # optional
+//! max_concurrency = 10                              # optional
+//! [function.env]                                    # optional
+//! KEY = "value"
+//! [function.labels]                                 # optional
+//! tier = "demo"
+//! ```
+//!
+//! Unknown keys, duplicate names and an empty manifest are errors; every
+//! error names the file, and the key or function at fault.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use wisp_core::{FunctionConfig, FunctionName};
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid manifest.
+    #[error("{}: {message}", .path.display())]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong, naming the key or function.
+        message: String,
+    },
+}
+
+/// One `[[function]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    name: FunctionName,
+    wasm: PathBuf,
+    build: Option<String>,
+    description: Option<String>,
+    memory_mib: Option<u32>,
+    timeout_ms: Option<u64>,
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    function: Vec<RawFunction>,
+}
+
+/// A function to deploy, with paths resolved and defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    /// Its name.
+    pub name: FunctionName,
+    /// The component, resolved against the manifest's directory.
+    pub wasm: PathBuf,
+    /// Shell command that builds the component, run in the manifest's directory.
+    pub build: Option<String>,
+    /// Its configuration: what the server holds after a `PUT` of this entry.
+    pub config: FunctionConfig,
+}
+
+/// A parsed and checked manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its directory: relative paths and build commands start here.
+    pub dir: PathBuf,
+    /// The functions, in file order.
+    pub functions: Vec<FunctionSpec>,
+}
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks manifest `text`, as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        if raw.function.is_empty() {
+            return Err(invalid(
+                "no functions are defined; add at least one [[function]] table with `name` and `wasm`"
+                    .into(),
+            ));
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut seen: HashMap<FunctionName, usize> = HashMap::new();
+        let mut functions = Vec::with_capacity(raw.function.len());
+        for (i, f) in raw.function.into_iter().enumerate() {
+            if let Some(first) = seen.insert(f.name.clone(), i) {
+                return Err(invalid(format!(
+                    "function `{}` is defined twice (entries {} and {} of [[function]])",
+                    f.name,
+                    first + 1,
+                    i + 1
+                )));
+            }
+            if f.wasm.as_os_str().is_empty() {
+                return Err(invalid(format!("function `{}`: `wasm` is empty", f.name)));
+            }
+            if f.build.as_deref().is_some_and(|b| b.trim().is_empty()) {
+                return Err(invalid(format!("function `{}`: `build` is empty", f.name)));
+            }
+            let defaults = FunctionConfig::default();
+            let config = FunctionConfig {
+                description: f.description.unwrap_or(defaults.description),
+                labels: f.labels,
+                env: f.env,
+                memory_mib: f.memory_mib.unwrap_or(defaults.memory_mib),
+                timeout_ms: f.timeout_ms.unwrap_or(defaults.timeout_ms),
+                max_concurrency: f.max_concurrency.unwrap_or(defaults.max_concurrency),
+            };
+            config
+                .validate()
+                .map_err(|e| invalid(format!("function `{}`: {e}", f.name)))?;
+            functions.push(FunctionSpec {
+                wasm: dir.join(&f.wasm),
+                name: f.name,
+                build: f.build,
+                config,
+            });
+        }
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            dir,
+            functions,
+        })
+    }
+
+    /// The distinct build commands, in the order they first appear.
+    pub fn build_commands(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for cmd in self.functions.iter().filter_map(|f| f.build.as_deref()) {
+            if !out.contains(&cmd) {
+                out.push(cmd);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, String> {
+        Manifest::parse(text, Path::new("/srv/app/wisp.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_entry_and_defaults() {
+        let m = parse(
+            r#"
+            [[function]]
+            name = "hello"
+            wasm = "target/hello.wasm"
+            build = "cargo build --release"
+            description = "hi"
+            memory_mib = 64
+            timeout_ms = 5000
+            max_concurrency = 10
+            [function.env]
+            KEY = "value"
+            [function.labels]
+            tier = "demo"
+
+            [[function]]
+            name = "bare"
+            wasm = "/abs/bare.wasm"
+            build = "cargo build --release"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.dir, Path::new("/srv/app"));
+        let hello = &m.functions[0];
+        assert_eq!(hello.name.as_str(), "hello");
+        assert_eq!(hello.config.memory_mib, 64);
+        assert_eq!(hello.config.timeout_ms, 5000);
+        assert_eq!(hello.config.max_concurrency, 10);
+        assert_eq!(hello.config.description, "hi");
+        assert_eq!(hello.config.env["KEY"], "value");
+        assert_eq!(hello.config.labels["tier"], "demo");
+        let bare = &m.functions[1];
+        assert_eq!(bare.config, FunctionConfig::default());
+        assert_eq!(m.build_commands(), ["cargo build --release"]);
+    }
+
+    #[test]
+    fn wasm_paths_resolve_against_the_manifest_directory() {
+        let m = parse("[[function]]\nname = \"a\"\nwasm = \"out/a.wasm\"\n").unwrap();
+        assert_eq!(m.functions[0].wasm, Path::new("/srv/app/out/a.wasm"));
+        let m = parse("[[function]]\nname = \"a\"\nwasm = \"/abs/a.wasm\"\n").unwrap();
+        assert_eq!(m.functions[0].wasm, Path::new("/abs/a.wasm"));
+        let m = Manifest::parse(
+            "[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\n",
+            Path::new("wisp.toml"),
+        )
+        .unwrap();
+        assert_eq!(m.dir, Path::new("."));
+        assert_eq!(m.functions[0].wasm, Path::new("./a.wasm"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        for (text, key) in [
+            (
+                "[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\nmemroy_mib = 3\n",
+                "memroy_mib",
+            ),
+            (
+                "[[functions]]\nname = \"a\"\nwasm = \"a.wasm\"\n",
+                "functions",
+            ),
+            (
+                "[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\n[function.lables]\nx = \"y\"\n",
+                "lables",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key) && e.contains("/srv/app/wisp.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let e = parse(
+            "[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\n[[function]]\nname = \"a\"\nwasm = \"b.wasm\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("`a` is defined twice"), "{e}");
+    }
+
+    #[test]
+    fn missing_wasm_empty_files_and_bad_values() {
+        let e = parse("[[function]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.contains("wasm"), "{e}");
+        for empty in ["", "# nothing\n", "function = []\n"] {
+            let e = parse(empty).unwrap_err();
+            assert!(e.contains("no functions"), "{e}");
+        }
+        let e = parse("[[function]]\nname = \"Bad\"\nwasm = \"a.wasm\"\n").unwrap_err();
+        assert!(e.contains("lowercase"), "{e}");
+        let e =
+            parse("[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\nmemory_mib = 0\n").unwrap_err();
+        assert!(e.contains("function `a`: memory_mib"), "{e}");
+        let e = parse("[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\nmemory_mib = \"64\"\n")
+            .unwrap_err();
+        assert!(e.contains("memory_mib"), "{e}");
+    }
+}

@@ -1,0 +1,80 @@
+//! `wisp server`: logging, the tokio runtime and [`wisp_server::run`].
+
+use crate::parse;
+use clap::Args;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where metadata, artifacts, compiled code and the token live
+    /// [default: $XDG_DATA_HOME/wisp, else ~/.local/share/wisp]
+    #[arg(long, env = "WISP_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on; off loopback the control API requires the token
+    #[arg(long, env = "WISP_LISTEN", value_name = "ADDR", default_value = wisp_server::DEFAULT_LISTEN, value_parser = parse::listen)]
+    pub listen: SocketAddr,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C
+    #[arg(long, env = "WISP_GRACE_PERIOD", value_name = "SECS", default_value = "30", value_parser = parse::seconds)]
+    pub grace_period: Duration,
+    /// Most function instances alive at once
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_instances: u32,
+    /// Where compiled code is cached [default: DATA_DIR/compiled]
+    #[arg(long, env = "WISP_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Require the bearer token even on a loopback address
+    #[arg(long)]
+    pub require_token: bool,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: ServerArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let data_dir = args.data_dir.unwrap_or_else(wisp_server::default_data_dir);
+    let mut config = wisp_server::ServerConfig::new(data_dir.clone());
+    config.listen = args.listen;
+    config.grace_period = args.grace_period;
+    config.max_instances = args.max_instances;
+    config.require_token = args.require_token;
+    config.cache_dir = args.cache_dir;
+
+    if args.require_token || !args.listen.ip().is_loopback() {
+        eprintln!(
+            "wisp: the control API requires a bearer token; it is in {} \
+             (give it to the CLI with --token or WISP_TOKEN)",
+            data_dir.join(wisp_server::TOKEN_FILE).display()
+        );
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(wisp_server::run(config, wisp_server::shutdown_signal()));
+    // Background tasks (log writer, blocking I/O) get a moment, not forever.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The sandbox and its limits, enforced on a real server: a fresh instance
+//! per request, memory limits, timeouts on sleeping and spinning guests,
+//! traps, denied capabilities, and many concurrent requests.
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wisp_testkit::{Api, Server};
+
+fn server() -> Server {
+    Server::start_shared(env!("CARGO_BIN_EXE_wisp"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_fresh_instance() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("counter", "counter", json!({})).await;
+    for _ in 0..5 {
+        let (status, _, body) = api.call("/fn/counter").await;
+        assert_eq!(status, 200);
+        assert_eq!(body.trim(), "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_fails_the_invocation_not_the_server() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("hog", "hog", json!({"memory_mib": 32})).await;
+    api.deploy("hello", "hello", json!({})).await;
+
+    let (status, _, body) = api.call("/fn/hog?mib=8").await;
+    assert_eq!(status, 200, "under the limit works: {body}");
+
+    let (status, headers, body) = api.call("/fn/hog?mib=64").await;
+    assert_eq!(status, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "memory_limit_exceeded");
+    assert!(err["message"].as_str().unwrap().contains("32 MiB"), "{err}");
+    assert_eq!(
+        err["request_id"].as_str().unwrap(),
+        headers["x-wisp-request-id"].to_str().unwrap()
+    );
+
+    let (status, _, body) = api.call("/fn/hello").await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "Hello from Wisp!\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_stop_spinning_and_sleeping_guests() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("busy", "busy", json!({"timeout_ms": 300})).await;
+    api.deploy("sleep", "sleep", json!({"timeout_ms": 300}))
+        .await;
+    api.deploy("hello", "hello", json!({})).await;
+
+    for path in ["/fn/busy", "/fn/sleep?ms=10000"] {
+        let started = Instant::now();
+        let (status, _, body) = api.call(path).await;
+        let took = started.elapsed();
+        assert_eq!(status, 504, "{path}: {body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["code"], "function_timeout");
+        assert!(err["message"].as_str().unwrap().contains("300 ms"), "{err}");
+        // Generous bound: the point is that it was stopped, not how fast.
+        assert!(took < Duration::from_secs(8), "{path} took {took:?}");
+    }
+    // A sleep within its timeout completes.
+    let (status, _, body) = api.call("/fn/sleep?ms=20").await;
+    assert_eq!(status, 200, "{body}");
+    // The spinning guest did not take a worker thread with it.
+    let (status, _, _) = api.call("/fn/hello").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_is_a_500_with_the_request_id_and_is_logged() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("panic", "panic", json!({})).await;
+    let (status, headers, body) = api.call("/fn/panic").await;
+    assert_eq!(status, 500, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "function_trapped");
+    let request_id = headers["x-wisp-request-id"].to_str().unwrap().to_string();
+    assert_eq!(err["request_id"], request_id.as_str());
+
+    // The trap and the guest's stderr are in the logs under that request id.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, page) = api
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/functions/panic/logs?request_id={request_id}"),
+                None,
+            )
+            .await;
+        let records = page["records"].as_array().unwrap();
+        let streams: Vec<&str> = records
+            .iter()
+            .map(|r| r["stream"].as_str().unwrap())
+            .collect();
+        if streams.contains(&"system") && streams.contains(&"stderr") {
+            let text: String = records
+                .iter()
+                .map(|r| r["message"].as_str().unwrap())
+                .collect();
+            assert!(text.contains("about to panic"), "{text}");
+            assert!(text.contains("trapped"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs never appeared: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_filesystem_and_no_network() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("probe", "probe", json!({})).await;
+    let (status, _, body) = api.call("/fn/probe").await;
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    // Each attempt fails, and for the reason Wisp gives: no preopened
+    // directory, outbound HTTP refused by policy, sockets not permitted.
+    for (key, reason) in [
+        ("fs_read_dir", "No such file"),
+        ("fs_read", "No such file"),
+        ("http_outgoing", "HttpRequestDenied"),
+        ("tcp_connect", "denied"),
+    ] {
+        let verdict = report[key].as_str().unwrap_or("");
+        assert!(verdict.starts_with("denied"), "{key}: {verdict} ({report})");
+        assert!(verdict.contains(reason), "{key}: {verdict} ({report})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_sleeps_all_complete() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("sleep", "sleep", json!({"max_concurrency": 1000}))
+        .await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(400)
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let client = client.clone();
+        let url = server.at("/fn/sleep?ms=500");
+        tasks.push(tokio::spawn(async move {
+            let res = client.get(url).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, "slept 500ms\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_concurrency_is_throttled_with_retry_after() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("sleep", "sleep", json!({"max_concurrency": 2}))
+        .await;
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let client = api.http.clone();
+        let url = server.at("/fn/sleep?ms=1500");
+        running.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().status()
+        }));
+    }
+    // Wait until both are running (the stats see them only at the end, so poll by trying).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let res = api
+        .http
+        .get(server.at("/fn/sleep?ms=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "throttled");
+    for r in running {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let (_, stats) = api
+        .send(reqwest::Method::GET, "/v1/functions/sleep/stats", None)
+        .await;
+    assert_eq!(stats["total"]["throttles"], 1, "{stats}");
+}

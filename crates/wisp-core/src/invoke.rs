@@ -1,0 +1,173 @@
+//! The interface between the data plane and the runtime: a resolved,
+//! immutable [`Deployment`], the [`Invoker`] that runs it, the [`Preparer`]
+//! that validates and compiles code at deploy time, and the
+//! [`InvocationSink`] that receives one [`InvocationRecord`] per invocation.
+//!
+//! Control-plane crates depend on these traits only; the composition root
+//! plugs in the wasmtime runtime.
+
+use crate::digest::Digest;
+use crate::model::VersionId;
+use crate::names::FunctionName;
+use crate::spec::FunctionConfig;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::combinators::UnsyncBoxBody;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Boxed error used in bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A streaming HTTP body, for requests into and responses out of functions.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything the runtime needs to run one version of a function. Immutable:
+/// a change to `latest` produces a new `Deployment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// The function.
+    pub function: FunctionName,
+    /// The version that runs.
+    pub version: VersionId,
+    /// The code.
+    pub code_digest: Digest,
+    /// Its configuration.
+    pub config: FunctionConfig,
+}
+
+/// Why an invocation produced no response from the function.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// The function is already running `limit` invocations.
+    #[error(
+        "function is at its concurrency limit of {limit}; retry later or raise max_concurrency"
+    )]
+    Throttled {
+        /// The function's `max_concurrency`.
+        limit: u32,
+    },
+    /// The invocation ran past its timeout and was stopped.
+    #[error("function timed out after {timeout_ms} ms (its timeout_ms limit)")]
+    Timeout {
+        /// The function's `timeout_ms`.
+        timeout_ms: u64,
+    },
+    /// The function tried to grow its memory past its limit.
+    #[error("function exceeded its memory limit of {memory_mib} MiB (memory_mib)")]
+    MemoryLimit {
+        /// The function's `memory_mib`.
+        memory_mib: u32,
+    },
+    /// The function trapped.
+    #[error("function trapped: {message}")]
+    Trapped {
+        /// The trap and its backtrace, as wasmtime reports it.
+        message: String,
+    },
+    /// The function returned without setting a response.
+    #[error("function returned without sending a response: {message}")]
+    NoResponse {
+        /// Details.
+        message: String,
+    },
+    /// The component could not be loaded or instantiated.
+    #[error("function could not be started: {message}")]
+    Unavailable {
+        /// Details.
+        message: String,
+    },
+}
+
+/// Runs deployments. Implemented by the wasmtime runtime; the data plane
+/// and triggers depend only on this.
+pub trait Invoker: Send + Sync + 'static {
+    /// Runs `request` on `deployment`. The response head arrives when the
+    /// function sets it; its body streams while the function keeps running.
+    fn invoke(
+        &self,
+        deployment: Arc<Deployment>,
+        request_id: String,
+        request: http::Request<Body>,
+    ) -> BoxFuture<'_, Result<http::Response<Body>, InvokeError>>;
+}
+
+/// Why a component was rejected at deploy time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrepareError {
+    /// Not a valid component, or not one Wisp can run.
+    #[error("{0}")]
+    Invalid(String),
+    /// Wisp could not compile or cache it for a reason of its own.
+    #[error("could not prepare the component: {0}")]
+    Internal(String),
+}
+
+/// Validates and compiles a component at deploy time, so that the request
+/// path never compiles.
+pub trait Preparer: Send + Sync + 'static {
+    /// Checks that `bytes` is a `wasi:http/proxy` component Wisp can link,
+    /// compiles it and caches the compiled form under `digest`.
+    fn prepare(&self, digest: Digest, bytes: Bytes) -> BoxFuture<'_, Result<(), PrepareError>>;
+}
+
+/// Captured output of one stream of one invocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogCapture {
+    /// The first bytes written, up to the per-invocation cap.
+    pub bytes: Vec<u8>,
+    /// Whether more was written than kept.
+    pub truncated: bool,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvocationOutcome {
+    /// The function sent a response with this status.
+    Completed {
+        /// HTTP status the function chose.
+        status: u16,
+    },
+    /// The function failed; see the error.
+    Failed(InvokeError),
+}
+
+/// One invocation, reported once when it has completely finished.
+#[derive(Debug, Clone)]
+pub struct InvocationRecord {
+    /// The request id.
+    pub request_id: String,
+    /// The function.
+    pub function: FunctionName,
+    /// The version that ran.
+    pub version: VersionId,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// From start to the end of the response body (or the failure).
+    pub duration: Duration,
+    /// Whether the component had to be loaded first.
+    pub cold_start: bool,
+    /// How long loading took, for cold starts.
+    pub init_duration: Option<Duration>,
+    /// How it ended.
+    pub outcome: InvocationOutcome,
+    /// Captured stdout.
+    pub stdout: LogCapture,
+    /// Captured stderr.
+    pub stderr: LogCapture,
+}
+
+/// Receives invocation records (stats, logs). Must not block.
+pub trait InvocationSink: Send + Sync + 'static {
+    /// Takes one record.
+    fn record(&self, record: InvocationRecord);
+}
+
+/// Reads uploaded component bytes by digest (the runtime's view of the artifact store).
+pub trait ArtifactSource: Send + Sync + 'static {
+    /// The bytes of the artifact.
+    fn read(&self, digest: &Digest) -> std::io::Result<Vec<u8>>;
+}

@@ -1,0 +1,50 @@
+//! Every caller-controlled size, count and time, in one place. `docs/limits.md`
+//! documents each of these; keep the two in step.
+
+/// Largest component upload, in bytes (50 MiB).
+pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
+/// Largest JSON body accepted by the control API, in bytes (1 MiB).
+pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// Default largest request body forwarded to a function, in bytes (16 MiB).
+pub const DEFAULT_MAX_INVOKE_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+/// Most labels on one function.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key or value, in bytes.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Most environment variables on one function.
+pub const MAX_ENV_VARS: usize = 64;
+/// Longest environment variable name, in bytes.
+pub const MAX_ENV_NAME_LEN: usize = 128;
+/// Largest total size of all env names and values, in bytes (4 KiB, as Lambda).
+pub const MAX_ENV_TOTAL_BYTES: usize = 4096;
+/// Prefix of the context variables Wisp sets; users cannot set these.
+pub const RESERVED_ENV_PREFIX: &str = "WISP_";
+
+/// Smallest memory limit, in MiB.
+pub const MIN_MEMORY_MIB: u32 = 1;
+/// Largest memory limit, in MiB (the 32-bit wasm address space).
+pub const MAX_MEMORY_MIB: u32 = 4096;
+/// Memory limit when none is given, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
+/// Smallest timeout, in milliseconds.
+pub const MIN_TIMEOUT_MS: u64 = 1;
+/// Largest timeout, in milliseconds (15 minutes, as Lambda).
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Timeout when none is given, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// Largest per-function concurrency.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Per-function concurrency when none is given.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
+
+/// Captured stdout, and separately stderr, per invocation, in bytes (64 KiB).
+pub const MAX_LOG_BYTES_PER_STREAM: usize = 64 * 1024;
+/// Most log records returned by one logs query.
+pub const MAX_LOG_QUERY_LIMIT: u32 = 1000;
+/// Most aliases per function.
+pub const MAX_ALIASES_PER_FUNCTION: usize = 100;

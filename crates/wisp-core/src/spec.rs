@@ -1,0 +1,241 @@
+//! The user-settable configuration of a function version and its validation.
+
+use crate::limits::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A rejected field: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The JSON path of the field, such as `memory_mib` or `env.PATH`.
+    pub field: String,
+    /// What is wrong with it and what would be accepted.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Configuration shared by `latest` and every published version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionConfig {
+    /// Free text, at most 256 characters.
+    pub description: String,
+    /// Labels for filtering lists: at most 32, keys and values at most 63 bytes.
+    pub labels: BTreeMap<String, String>,
+    /// Environment variables the function sees, besides the `WISP_*` context.
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in MiB (1 to 4096).
+    pub memory_mib: u32,
+    /// Wall-clock limit per invocation in milliseconds (1 to 900000).
+    pub timeout_ms: u64,
+    /// Most invocations of this version running at once (1 to 10000).
+    pub max_concurrency: u32,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        FunctionConfig {
+            description: String::new(),
+            labels: BTreeMap::new(),
+            env: BTreeMap::new(),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+        }
+    }
+}
+
+fn label_part_ok(s: &str, allow_empty: bool) -> bool {
+    if s.is_empty() {
+        return allow_empty;
+    }
+    let b = s.as_bytes();
+    s.len() <= MAX_LABEL_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// Checks a label selector's key and value the same way as stored labels.
+pub fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
+    if !label_part_ok(key, false) {
+        return Err(ValidationError::new(
+            format!("labels.{key}"),
+            format!(
+                "label keys are 1 to {MAX_LABEL_LEN} bytes of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    if !label_part_ok(value, true) {
+        return Err(ValidationError::new(
+            format!("labels.{key}"),
+            format!(
+                "label values are 0 to {MAX_LABEL_LEN} bytes of letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl FunctionConfig {
+    /// Checks every field against the limits in [`crate::limits`]; the first
+    /// failing field is reported.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(ValidationError::new(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(ValidationError::new(
+                "labels",
+                format!("at most {MAX_LABELS} labels are allowed"),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_label(k, v)?;
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(ValidationError::new(
+                "env",
+                format!("at most {MAX_ENV_VARS} variables are allowed"),
+            ));
+        }
+        let mut total = 0;
+        for (k, v) in &self.env {
+            let field = format!("env.{k}");
+            let b = k.as_bytes();
+            let charset_ok = !b.is_empty()
+                && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+            if !charset_ok || k.len() > MAX_ENV_NAME_LEN {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "variable names are 1 to {MAX_ENV_NAME_LEN} letters, digits and '_', not starting with a digit"
+                    ),
+                ));
+            }
+            if k.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "names starting with {RESERVED_ENV_PREFIX} are reserved for Wisp's context variables"
+                    ),
+                ));
+            }
+            if v.contains('\0') {
+                return Err(ValidationError::new(field, "values cannot contain NUL"));
+            }
+            total += k.len() + v.len();
+        }
+        if total > MAX_ENV_TOTAL_BYTES {
+            return Err(ValidationError::new(
+                "env",
+                format!(
+                    "names and values add up to {total} bytes; the limit is {MAX_ENV_TOTAL_BYTES}"
+                ),
+            ));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ValidationError::new(
+                "memory_mib",
+                format!("must be from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB"),
+            ));
+        }
+        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(ValidationError::new(
+                "timeout_ms",
+                format!("must be from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS} milliseconds"),
+            ));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
+            return Err(ValidationError::new(
+                "max_concurrency",
+                format!("must be from 1 to {MAX_CONCURRENCY}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(c: FunctionConfig) -> String {
+        c.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        FunctionConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let d = FunctionConfig::default;
+        assert_eq!(
+            field_of(FunctionConfig {
+                memory_mib: 0,
+                ..d()
+            }),
+            "memory_mib"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                memory_mib: 5000,
+                ..d()
+            }),
+            "memory_mib"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                timeout_ms: 0,
+                ..d()
+            }),
+            "timeout_ms"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                max_concurrency: 0,
+                ..d()
+            }),
+            "max_concurrency"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                description: "x".repeat(257),
+                ..d()
+            }),
+            "description"
+        );
+        let mut c = d();
+        c.env.insert("WISP_FUNCTION_NAME".into(), "x".into());
+        assert_eq!(field_of(c), "env.WISP_FUNCTION_NAME");
+        let mut c = d();
+        c.env.insert("1BAD".into(), "x".into());
+        assert_eq!(field_of(c), "env.1BAD");
+        let mut c = d();
+        c.env.insert("BIG".into(), "x".repeat(5000));
+        assert_eq!(field_of(c), "env");
+        let mut c = d();
+        c.labels.insert("ok".into(), "bad value!".into());
+        assert_eq!(field_of(c), "labels.ok");
+        let mut c = d();
+        c.labels.insert("tier".into(), "".into());
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,231 @@
+//! The composition root of Wisp: picks the backends (SQLite metadata, a
+//! local artifact directory, the wasmtime runtime), binds the listener,
+//! serves the API and data plane, and shuts down gracefully.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wisp_server::ServerError> {
+//! let config = wisp_server::ServerConfig::new("/var/lib/wisp");
+//! wisp_server::run(config, wisp_server::shutdown_signal()).await
+//! # }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default listen address: loopback only, so no token is needed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Name of the token file in the data directory.
+pub const TOKEN_FILE: &str = "token";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory is unusable.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metadata store could not be opened.
+    #[error("cannot open the metadata store: {0}")]
+    Store(#[from] wisp_store::StoreError),
+    /// The runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] wisp_runtime::RuntimeError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// How to run the server. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where metadata, artifacts, compiled code and the token live.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Time in-flight requests get after a shutdown signal.
+    pub grace_period: Duration,
+    /// Most instances alive at once across all functions.
+    pub max_instances: u32,
+    /// Largest request body forwarded to a function.
+    pub max_invoke_body: usize,
+    /// Require the bearer token even on a loopback address.
+    pub require_token: bool,
+    /// Where compiled code is cached; `<data_dir>/compiled` when `None`.
+    /// Entries are keyed by digest and engine build, so servers may share one.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            grace_period: DEFAULT_GRACE_PERIOD,
+            max_instances: 1000,
+            max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
+            require_token: false,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The default data directory (the CLI lets `--data-dir`/`WISP_DATA_DIR` override it):
+/// `$XDG_DATA_HOME/wisp`, else `~/.local/share/wisp`, else `./wisp-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("wisp");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/wisp");
+    }
+    PathBuf::from("wisp-data")
+}
+
+/// Reads the token from the data directory, creating a random one (mode
+/// 0600) on first start.
+pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let tmp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then lets in-flight requests
+/// finish for up to the grace period.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    let dir_err = |source| ServerError::DataDir {
+        path: data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
+    let token = load_or_create_token(&data_dir).map_err(dir_err)?;
+    let store: Arc<dyn wisp_store::MetadataStore> = Arc::new(
+        wisp_store::sqlite::SqliteStore::open(data_dir.join("wisp.db"))?,
+    );
+    let artifacts = Arc::new(
+        wisp_store::artifacts::ArtifactDir::open(data_dir.join("artifacts")).map_err(dir_err)?,
+    );
+    let telemetry = wisp_api::Telemetry::new(store.clone());
+    let mut runtime_config = wisp_runtime::RuntimeConfig::new(
+        config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("compiled")),
+    );
+    runtime_config.max_instances = config.max_instances;
+    let runtime = wisp_runtime::Runtime::new(runtime_config, artifacts.clone(), telemetry.clone())?;
+
+    let needs_token = config.require_token || !config.listen.ip().is_loopback();
+    let app = Arc::new(wisp_api::App {
+        store,
+        artifacts: wisp_api::Artifacts(artifacts),
+        preparer: Arc::new(runtime.clone()),
+        invoker: Arc::new(runtime),
+        telemetry,
+        token: needs_token.then_some(token),
+        max_invoke_body: config.max_invoke_body,
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("wisp listening on http://{local}");
+    tracing::info!(%local, data_dir = %data_dir.display(), token_required = needs_token, "wisp server started");
+    let addr_file = data_dir.join("address");
+    let _ = std::fs::write(&addr_file, format!("http://{local}\n"));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let serve = axum::serve(listener, wisp_api::router(app)).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    });
+    let mut deadline = stop_rx;
+    let grace = config.grace_period;
+    let result = tokio::select! {
+        r = serve => r.map_err(ServerError::Serve),
+        _ = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping unfinished requests");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&addr_file);
+    tracing::info!("wisp server stopped");
+    result
+}

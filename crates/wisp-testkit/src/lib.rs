@@ -1,0 +1,358 @@
+//! Test harness for Wisp's integration tests: builds the example guest
+//! components from source once per test process, and runs real
+//! `wisp server` processes on ephemeral loopback ports.
+//!
+//! ```no_run
+//! let wasm = wisp_testkit::example("hello");
+//! let server = wisp_testkit::Server::start("target/debug/wisp");
+//! println!("{} serves {}", server.url, wasm.display());
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate lives two levels below the root")
+        .to_path_buf()
+}
+
+/// The examples workspace.
+pub fn examples_dir() -> PathBuf {
+    repo_root().join("examples")
+}
+
+/// Builds every example (the README's documented command) once per
+/// process and returns the directory holding the `.wasm` files.
+pub fn build_examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = examples_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release"])
+            .current_dir(&dir)
+            // The examples have their own workspace and target directory;
+            // never inherit the host build's.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("running cargo to build the examples");
+        assert!(status.success(), "building examples failed: {status}");
+        dir.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// Path of the built example component `name`.
+pub fn example(name: &str) -> PathBuf {
+    let path = build_examples().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "example {name} was not built at {}",
+        path.display()
+    );
+    path
+}
+
+/// Bytes of the built example component `name`.
+pub fn example_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(example(name)).expect("reading example")
+}
+
+/// A compiled-code cache shared by every test server (under the target
+/// directory), so each example is compiled once rather than once per test.
+/// Entries are keyed by code digest and engine build, so sharing is safe.
+pub fn shared_cache_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let dir = target.join("wisp-test-cache");
+    std::fs::create_dir_all(&dir).expect("creating the shared cache dir");
+    dir
+}
+
+/// A running `wisp server` child process. Killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    bin: PathBuf,
+    /// Base URL, such as `http://127.0.0.1:39201`.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start(bin: impl AsRef<Path>) -> Server {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts a server on a fresh data directory that shares the compiled
+    /// code cache of the test run ([`shared_cache_dir`]).
+    pub fn start_shared(bin: impl AsRef<Path>) -> Server {
+        let cache = shared_cache_dir();
+        Self::start_with(bin, &["--cache-dir", cache.to_str().expect("UTF-8 path")])
+    }
+
+    /// Starts a server on a fresh data directory with extra flags.
+    pub fn start_with(bin: impl AsRef<Path>, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().to_path_buf();
+        let mut s = Self::spawn(bin.as_ref(), &data, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on an existing data directory (for restarts).
+    pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, extra: &[&str]) -> Server {
+        Self::spawn(bin.as_ref(), data_dir, extra)
+    }
+
+    fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .expect("server log file");
+        let mut cmd = Command::new(bin);
+        cmd.arg("server").arg("--data-dir").arg(data_dir);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning wisp server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("wisp listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "wisp server did not start; its log:\n{}",
+                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                );
+            }
+        };
+        Server {
+            child: Some(child),
+            bin: bin.to_path_buf(),
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal to the server process (by its pid).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills this process (SIGKILL) and starts a new one on the same data
+    /// directory and flags; the temp directory is kept alive.
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut next = Self::spawn(&self.bin, &self.data_dir, &extra);
+        next._tmp = self._tmp.take();
+        *self = next;
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// A `wisp` CLI command aimed at this server, isolated from the user's config.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("WISP_SERVER", &self.url)
+            .env("WISP_CONFIG", self.data_dir.join("no-such-config.toml"))
+            .env_remove("WISP_TOKEN");
+        c
+    }
+
+    /// Full URL of `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Result of running a CLI command.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a command to completion and captures its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running command");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A small async HTTP helper around a server, for the REST API.
+pub struct Api {
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// Base URL.
+    pub base: String,
+}
+
+impl Api {
+    /// A client for `server`.
+    pub fn new(server: &Server) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: server.url.clone(),
+        }
+    }
+
+    /// Uploads `bytes` and returns the digest.
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let res = self
+            .http
+            .post(format!("{}/v1/artifacts", self.base))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        let status = res.status();
+        let body: serde_json::Value = res.json().await.expect("upload json");
+        assert!(status.is_success(), "upload failed: {status} {body}");
+        body["digest"].as_str().expect("digest").to_string()
+    }
+
+    /// Uploads example `example` and creates (or replaces) function `name`
+    /// running it with `config` (extra JSON fields).
+    pub async fn deploy(
+        &self,
+        name: &str,
+        example: &str,
+        config: serde_json::Value,
+    ) -> serde_json::Value {
+        let digest = self.upload(example_bytes(example)).await;
+        let mut body = serde_json::json!({ "code_digest": digest });
+        if let serde_json::Value::Object(extra) = config {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        let (status, json) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/functions/{name}"),
+                Some(body),
+            )
+            .await;
+        assert!(status.is_success(), "deploy {name} failed: {status} {json}");
+        json
+    }
+
+    /// Sends a JSON request and returns the status and JSON body (Null if empty).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.expect("body");
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, json)
+    }
+
+    /// GETs `path` on the data plane and returns status, headers and body.
+    pub async fn call(
+        &self,
+        path: &str,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+        let res = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .expect("call");
+        let status = res.status();
+        let headers = res.headers().clone();
+        (status, headers, res.text().await.expect("text"))
+    }
+}
