@@ -267,3 +267,59 @@ fn deploy_applies_the_examples_manifest_idempotently() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("memroy_mib"), "{out:?}");
 }
+
+#[test]
+fn logs_follow_streams_new_output_and_since_filters() {
+    let server = server();
+    ok(run(server
+        .cli()
+        .args(["create", "logger", "--wasm"])
+        .arg(example("logger"))));
+    let mut follow = server
+        .cli()
+        .args(["logs", "logger", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Invoke after the follower started: it must pick the new output up.
+    std::thread::sleep(Duration::from_millis(300));
+    ok(run(server.cli().args([
+        "invoke",
+        "logger",
+        "--path",
+        "/?lines=2",
+    ])));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("out line 2")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("--follow never printed the new output: {seen:?}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let recent = ok(run(server.cli().args(["logs", "logger", "--since", "1h"])));
+    assert!(recent.stdout.contains("out line 1"), "{recent:?}");
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let none = ok(run(server
+        .cli()
+        .args(["logs", "logger", "--since", &future])));
+    assert!(!none.stdout.contains("out line"), "{none:?}");
+}

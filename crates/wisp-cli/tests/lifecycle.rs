@@ -312,3 +312,15 @@ async fn square_is_a_json_api() {
     let body: Value = res.json().await.unwrap();
     assert!(body["error"].is_string(), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_from_another_sdk_runs_unchanged() {
+    // wstd-hello is built with the wstd SDK against older WASI 0.2.x
+    // interface versions (0.2.4 and 0.2.6), and also exports wasi:cli/run.
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("wstd", "wstd-hello", json!({})).await;
+    let (status, _, body) = api.call("/fn/wstd").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "Hello from wstd!\n");
+}

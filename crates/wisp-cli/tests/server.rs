@@ -128,3 +128,31 @@ async fn a_non_loopback_listener_requires_the_token() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[test]
+fn environment_variables_choose_the_data_dir_and_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("from-env");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .arg("server")
+        .env("WISP_DATA_DIR", &data)
+        .env("WISP_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("wisp listening on http://127.0.0.1:"),
+        "{line}"
+    );
+    assert!(data.join("wisp.db").exists(), "WISP_DATA_DIR was not used");
+    assert!(data.join("token").exists());
+}

@@ -1,0 +1,278 @@
+//! The served OpenAPI document describes the API that exists: every call
+//! made here must be a documented operation and status, and its JSON body
+//! must validate against the documented schema.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use wisp_testkit::{Api, Server, example_bytes};
+
+struct Doc(Value);
+
+impl Doc {
+    /// Checks one response against the document.
+    fn check(&self, method: &Method, template: &str, status: u16, body: &Value) {
+        let m = method.as_str().to_lowercase();
+        let op = &self.0["paths"][template][&m];
+        assert!(
+            op.is_object(),
+            "{m} {template} is not in the OpenAPI document"
+        );
+        let response = &op["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{m} {template} does not document status {status}: {body}"
+        );
+        let schema = &response["content"]["application/json"]["schema"];
+        if schema.is_null() {
+            assert!(
+                body.is_null(),
+                "{m} {template} {status} documents no body but sent {body}"
+            );
+            return;
+        }
+        let mut root = schema.clone();
+        root["components"] = self.0["components"].clone();
+        let validator = jsonschema::validator_for(&root)
+            .unwrap_or_else(|e| panic!("schema of {m} {template} {status} is invalid: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{m} {template} {status}: {errors:?}\nbody: {body}"
+        );
+    }
+}
+
+struct Checked<'a> {
+    api: Api,
+    doc: &'a Doc,
+}
+
+impl Checked<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        template: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, json) = self.api.send(method.clone(), path, body).await;
+        self.doc.check(&method, template, status.as_u16(), &json);
+        (status.as_u16(), json)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_match_the_openapi_document() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    let (status, doc) = api.send(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    let doc = Doc(doc);
+    let c = Checked {
+        api: Api::new(&server),
+        doc: &doc,
+    };
+
+    // Upload through the documented route.
+    let res = api
+        .http
+        .post(server.at("/v1/artifacts"))
+        .header("content-type", "application/wasm")
+        .body(example_bytes("hello"))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let info: Value = res.json().await.unwrap();
+    doc.check(&Method::POST, "/v1/artifacts", status, &info);
+    let digest = info["digest"].as_str().unwrap().to_string();
+    // Negative control: a body that breaks the schema must be caught.
+    let wrong = json!({"digest": 5, "size": "big"});
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        doc.check(&Method::POST, "/v1/artifacts", status, &wrong)
+    }));
+    assert!(
+        caught.is_err(),
+        "the schema check accepted a malformed body"
+    );
+    let res = api
+        .http
+        .post(server.at("/v1/artifacts"))
+        .body(b"junk".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    doc.check(
+        &Method::POST,
+        "/v1/artifacts",
+        status,
+        &res.json().await.unwrap(),
+    );
+    c.call(
+        Method::GET,
+        &format!("/v1/artifacts/{digest}"),
+        "/v1/artifacts/{digest}",
+        None,
+    )
+    .await;
+
+    let f = "/v1/functions/{name}";
+    let body =
+        json!({"name": "doc", "code_digest": digest, "labels": {"a": "b"}, "env": {"K": "V"}});
+    assert_eq!(
+        c.call(
+            Method::POST,
+            "/v1/functions",
+            "/v1/functions",
+            Some(body.clone())
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        c.call(Method::POST, "/v1/functions", "/v1/functions", Some(body))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        c.call(
+            Method::POST,
+            "/v1/functions",
+            "/v1/functions",
+            Some(json!({"name": "x"}))
+        )
+        .await
+        .0,
+        400
+    );
+    c.call(
+        Method::GET,
+        "/v1/functions?label=a=b",
+        "/v1/functions",
+        None,
+    )
+    .await;
+    c.call(Method::GET, "/v1/functions/doc", f, None).await;
+    assert_eq!(
+        c.call(Method::GET, "/v1/functions/none", f, None).await.0,
+        404
+    );
+    c.call(
+        Method::PATCH,
+        "/v1/functions/doc",
+        f,
+        Some(json!({"description": "d"})),
+    )
+    .await;
+    c.call(
+        Method::PUT,
+        "/v1/functions/doc",
+        f,
+        Some(json!({"code_digest": digest})),
+    )
+    .await;
+
+    let v = "/v1/functions/{name}/versions";
+    assert_eq!(
+        c.call(Method::POST, "/v1/functions/doc/versions", v, None)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        c.call(Method::POST, "/v1/functions/doc/versions", v, None)
+            .await
+            .0,
+        200
+    );
+    c.call(Method::GET, "/v1/functions/doc/versions", v, None)
+        .await;
+    c.call(
+        Method::GET,
+        "/v1/functions/doc/versions/1",
+        "/v1/functions/{name}/versions/{version}",
+        None,
+    )
+    .await;
+
+    let a = "/v1/functions/{name}/aliases";
+    let one = "/v1/functions/{name}/aliases/{alias}";
+    c.call(
+        Method::POST,
+        "/v1/functions/doc/aliases",
+        a,
+        Some(json!({"name": "prod", "version": 1})),
+    )
+    .await;
+    c.call(Method::GET, "/v1/functions/doc/aliases", a, None)
+        .await;
+    c.call(Method::GET, "/v1/functions/doc/aliases/prod", one, None)
+        .await;
+    c.call(
+        Method::PUT,
+        "/v1/functions/doc/aliases/prod",
+        one,
+        Some(json!({"version": 1})),
+    )
+    .await;
+    let (status, _) = c
+        .call(
+            Method::DELETE,
+            "/v1/functions/doc/versions/1",
+            "/v1/functions/{name}/versions/{version}",
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    let (status, _, _) = api.call("/fn/doc").await;
+    assert_eq!(status, 200);
+    c.call(
+        Method::GET,
+        "/v1/functions/doc/stats",
+        "/v1/functions/{name}/stats",
+        None,
+    )
+    .await;
+    c.call(
+        Method::GET,
+        "/v1/functions/doc/logs?limit=5",
+        "/v1/functions/{name}/logs",
+        None,
+    )
+    .await;
+    assert_eq!(
+        c.call(
+            Method::GET,
+            "/v1/functions/doc/logs?limit=0",
+            "/v1/functions/{name}/logs",
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    c.call(Method::GET, "/v1/health", "/v1/health", None).await;
+
+    assert_eq!(
+        c.call(Method::DELETE, "/v1/functions/doc/aliases/prod", one, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        c.call(Method::DELETE, "/v1/functions/doc", f, None).await.0,
+        204
+    );
+}
