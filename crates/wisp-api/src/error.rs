@@ -104,7 +104,9 @@ impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
         use StatusCode as S;
         let (status, code) = match &e {
-            InvokeError::Throttled { .. } => (S::TOO_MANY_REQUESTS, ErrorCode::Throttled),
+            InvokeError::Throttled { .. } | InvokeError::Overloaded { .. } => {
+                (S::TOO_MANY_REQUESTS, ErrorCode::Throttled)
+            }
             InvokeError::Timeout { .. } => (S::GATEWAY_TIMEOUT, ErrorCode::FunctionTimeout),
             InvokeError::MemoryLimit { .. } => {
                 (S::INTERNAL_SERVER_ERROR, ErrorCode::MemoryLimitExceeded)

@@ -7,10 +7,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use std::sync::Arc;
 use wisp_core::spec::validate_label;
 use wisp_core::{
-    Alias, AliasInput, AliasList, AliasName, ErrorBody, Function, FunctionInput, FunctionList,
-    FunctionVersion, ValidationError, VersionList,
+    Alias, AliasInput, AliasList, AliasName, Deployment, ErrorBody, Function, FunctionInput,
+    FunctionList, FunctionVersion, ValidationError, VersionId, VersionList,
 };
 use wisp_store::WriteMode;
 
@@ -51,6 +52,20 @@ fn parse_selector(s: &str) -> Result<Vec<(String, String)>, ApiError> {
     Ok(out)
 }
 
+/// Brings the runtime's warm state in line with a version's `min_instances`.
+/// The write it follows is already committed, so a failure is only logged.
+async fn warm(app: &AppState, version: &FunctionVersion) {
+    let deployment = Arc::new(Deployment {
+        function: version.name.clone(),
+        version: version.version,
+        code_digest: version.code_digest.clone(),
+        config: version.config.clone(),
+    });
+    if let Err(e) = app.invoker.warm(deployment).await {
+        tracing::warn!(function = %version.name, version = %version.version, error = %e, "could not warm");
+    }
+}
+
 /// The code size for the digest in `input`, checking the artifact exists.
 async fn code_size(app: &AppState, input: &FunctionInput) -> ApiResult<u64> {
     let Some(digest) = input.digest()? else {
@@ -89,6 +104,7 @@ pub async fn create_function(
         .store
         .put_function(name, &input, size, WriteMode::Create)
         .await?;
+    warm(&app, &function.latest).await;
     Ok((StatusCode::CREATED, Json(function)))
 }
 
@@ -118,6 +134,7 @@ pub async fn put_function(
         .store
         .put_function(name, &input, size, WriteMode::Replace)
         .await?;
+    warm(&app, &function.latest).await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -141,6 +158,7 @@ pub async fn patch_function(
         .store
         .put_function(name, &input, size, WriteMode::Patch)
         .await?;
+    warm(&app, &function.latest).await;
     Ok(Json(function))
 }
 
@@ -152,7 +170,10 @@ pub async fn delete_function(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    app.store.delete_function(&function_name(&name)?).await?;
+    let name = function_name(&name)?;
+    app.store.delete_function(&name).await?;
+    app.invoker.release(&name, None);
+    app.telemetry.metrics().forget_function(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -166,6 +187,7 @@ pub async fn publish_version(
     Path(name): Path<String>,
 ) -> ApiResult<(StatusCode, Json<FunctionVersion>)> {
     let (version, created) = app.store.publish(&function_name(&name)?).await?;
+    warm(&app, &version).await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -211,9 +233,13 @@ pub async fn delete_version(
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let name = function_name(&name)?;
-    app.store
-        .delete_version(&name, version_number(&version)?)
-        .await?;
+    let number = version_number(&version)?;
+    app.store.delete_version(&name, number).await?;
+    app.invoker
+        .release(&name, Some(VersionId::Published(number)));
+    app.telemetry
+        .metrics()
+        .forget_version(&name, wisp_core::VersionId::Published(number));
     Ok(StatusCode::NO_CONTENT)
 }
 

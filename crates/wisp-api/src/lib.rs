@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod error;
 pub mod extract;
 pub mod functions;
+pub mod metrics;
 pub mod telemetry;
 
 use axum::Json;
@@ -31,7 +32,9 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wisp_core::{ErrorCode, FunctionName, Health, Invoker, Preparer, ValidationError};
+use wisp_core::{
+    ErrorCode, FunctionName, Health, Invoker, Preparer, RuntimeState, ValidationError,
+};
 use wisp_store::MetadataStore;
 
 pub use artifacts::Artifacts;
@@ -49,6 +52,8 @@ pub struct App {
     pub invoker: Arc<dyn Invoker>,
     /// Stats and logs.
     pub telemetry: Arc<Telemetry>,
+    /// Live runtime gauges, for `/metrics`.
+    pub runtime_state: Arc<dyn RuntimeState>,
     /// Bearer token the control API requires, if any.
     pub token: Option<String>,
     /// Largest request body forwarded to a function.
@@ -73,7 +78,7 @@ pub(crate) fn function_name(s: &str) -> Result<FunctionName, ApiError> {
         (name = "aliases", description = "Named pointers at versions, with weighted routing"),
         (name = "artifacts", description = "Component uploads"),
         (name = "observability", description = "Logs and stats"),
-        (name = "system", description = "Health"),
+        (name = "system", description = "Health and metrics"),
     ),
     components(schemas(wisp_core::ErrorBody, wisp_core::ErrorCode))
 )]
@@ -115,6 +120,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api();
     let (_, health_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(health))
+        .routes(routes!(metrics::scrape))
         .split_for_parts();
     doc.merge(health_doc);
     doc
@@ -133,7 +139,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The whole HTTP surface: control API, health, OpenAPI and data plane.
+/// The whole HTTP surface: control API, health, metrics, OpenAPI and data
+/// plane. Health and metrics are open; the control API needs the token.
 pub fn router(app: AppState) -> Router {
     let (api, _) = api();
     let doc = Arc::new(openapi());
@@ -144,6 +151,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics::scrape))
         .route(
             "/v1/openapi.json",
             get(move || {

@@ -1,8 +1,10 @@
-//! Per-invocation telemetry: in-memory stats over a sliding window, and
-//! captured output handed to the store's log in batches.
+//! Per-invocation telemetry: in-memory stats over a sliding window,
+//! Prometheus metrics (see [`crate::metrics`]), and captured output handed
+//! to the store's log in batches.
 
 use crate::error::ApiResult;
 use crate::extract::ApiQuery;
+use crate::metrics::Metrics;
 use crate::{AppState, function_name};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -46,6 +48,7 @@ type Key = (FunctionName, VersionId);
 /// Collects invocation records. Cheap to call from the request path.
 pub struct Telemetry {
     windows: Mutex<HashMap<Key, Vec<Bucket>>>,
+    metrics: Metrics,
     logs: mpsc::Sender<NewLogRecord>,
     dropped_logs: AtomicU64,
 }
@@ -57,6 +60,7 @@ impl Telemetry {
         tokio::spawn(write_logs(store, rx));
         Arc::new(Telemetry {
             windows: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
             logs: tx,
             dropped_logs: AtomicU64::new(0),
         })
@@ -65,6 +69,11 @@ impl Telemetry {
     /// Log records dropped because the writer fell behind.
     pub fn dropped_logs(&self) -> u64 {
         self.dropped_logs.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus metrics of every invocation recorded so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn log(&self, record: NewLogRecord) {
@@ -88,7 +97,9 @@ impl Telemetry {
         }
         let b = buckets.last_mut().expect("just pushed");
         match &r.outcome {
-            InvocationOutcome::Failed(InvokeError::Throttled { .. }) => {
+            InvocationOutcome::Failed(
+                InvokeError::Throttled { .. } | InvokeError::Overloaded { .. },
+            ) => {
                 b.throttles += 1;
                 return;
             }
@@ -174,6 +185,7 @@ fn summarize(version: String, buckets: &[&Bucket]) -> VersionStats {
 
 impl InvocationSink for Telemetry {
     fn record(&self, r: InvocationRecord) {
+        self.metrics.record(&r);
         self.update_stats(&r);
         let base = |stream: LogStream, message: String, truncated: bool| NewLogRecord {
             request_id: r.request_id.clone(),

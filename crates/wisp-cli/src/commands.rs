@@ -53,6 +53,8 @@ fn config_input(flags: &ConfigFlags) -> Result<FunctionInput, Failure> {
         memory_mib: flags.memory,
         timeout_ms: flags.timeout,
         max_concurrency: flags.concurrency,
+        min_instances: flags.min_instances,
+        max_requests_per_instance: flags.reuse,
         ..Default::default()
     })
 }
@@ -120,6 +122,11 @@ fn version_fields(v: &FunctionVersion) -> Vec<(&'static str, String)> {
         ("memory_mib", c.memory_mib.to_string()),
         ("timeout_ms", c.timeout_ms.to_string()),
         ("max_concurrency", c.max_concurrency.to_string()),
+        ("min_instances", c.min_instances.to_string()),
+        (
+            "max_requests_per_instance",
+            c.max_requests_per_instance.to_string(),
+        ),
         ("created_at", output::time(&v.created_at)),
         ("updated_at", output::time(&v.updated_at)),
     ]

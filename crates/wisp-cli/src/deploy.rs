@@ -65,6 +65,8 @@ fn put_input(spec: &FunctionSpec, digest: &str) -> FunctionInput {
         memory_mib: Some(c.memory_mib),
         timeout_ms: Some(c.timeout_ms),
         max_concurrency: Some(c.max_concurrency),
+        min_instances: Some(c.min_instances),
+        max_requests_per_instance: Some(c.max_requests_per_instance),
     }
 }
 

@@ -119,6 +119,12 @@ pub struct ConfigFlags {
     /// Most invocations running at once
     #[arg(long, value_name = "N")]
     pub concurrency: Option<u32>,
+    /// Instances kept warm even when idle (0 scales to zero)
+    #[arg(long, value_name = "N")]
+    pub min_instances: Option<u32>,
+    /// Requests one instance may serve before a fresh one is made (1 = always fresh)
+    #[arg(long, value_name = "N")]
+    pub reuse: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,8 @@
 //! memory_mib = 64                                   # optional
 //! timeout_ms = 5000                                 # optional
 //! max_concurrency = 10                              # optional
+//! min_instances = 1                                 # optional
+//! max_requests_per_instance = 100                   # optional
 //! [function.env]                                    # optional
 //! KEY = "value"
 //! [function.labels]                                 # optional
@@ -55,6 +57,8 @@ struct RawFunction {
     memory_mib: Option<u32>,
     timeout_ms: Option<u64>,
     max_concurrency: Option<u32>,
+    min_instances: Option<u32>,
+    max_requests_per_instance: Option<u32>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -145,6 +149,10 @@ impl Manifest {
                 memory_mib: f.memory_mib.unwrap_or(defaults.memory_mib),
                 timeout_ms: f.timeout_ms.unwrap_or(defaults.timeout_ms),
                 max_concurrency: f.max_concurrency.unwrap_or(defaults.max_concurrency),
+                min_instances: f.min_instances.unwrap_or(defaults.min_instances),
+                max_requests_per_instance: f
+                    .max_requests_per_instance
+                    .unwrap_or(defaults.max_requests_per_instance),
             };
             config
                 .validate()

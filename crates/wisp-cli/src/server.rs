@@ -23,6 +23,24 @@ pub struct ServerArgs {
     /// Most function instances alive at once
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_instances: u32,
+    /// Most memory, in MiB, the limits of all live instances may add up to
+    #[arg(long, value_name = "MIB", default_value_t = 65536)]
+    pub max_instance_memory_mib: u32,
+    /// Seconds a loaded component may sit unused before it is unloaded
+    #[arg(long, env = "WISP_IDLE_TIMEOUT", value_name = "SECS", default_value = "300", value_parser = parse::seconds)]
+    pub idle_timeout: Duration,
+    /// Most components loaded in memory at once (least recently used go first)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_loaded: usize,
+    /// Most compiled code loaded in memory at once, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
+    pub max_loaded_mib: usize,
+    /// Requests that may wait per function version at its concurrency limit
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub queue_depth: u32,
+    /// Milliseconds a request may wait for a slot before a 429
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub queue_timeout_ms: u64,
     /// Where compiled code is cached [default: DATA_DIR/compiled]
     #[arg(long, env = "WISP_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -46,6 +64,12 @@ pub fn run(args: ServerArgs) -> ExitCode {
     config.listen = args.listen;
     config.grace_period = args.grace_period;
     config.max_instances = args.max_instances;
+    config.max_instance_memory_mib = args.max_instance_memory_mib;
+    config.idle_timeout = args.idle_timeout;
+    config.max_loaded_components = args.max_loaded;
+    config.max_loaded_mib = args.max_loaded_mib;
+    config.queue_depth = args.queue_depth;
+    config.queue_timeout = Duration::from_millis(args.queue_timeout_ms);
     config.require_token = args.require_token;
     config.cache_dir = args.cache_dir;
 

@@ -168,7 +168,8 @@ async fn hundreds_of_concurrent_sleeps_all_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_concurrency_is_throttled_with_retry_after() {
-    let server = server();
+    // No waiting room: a request over the limit is refused at once.
+    let server = Server::start_shared_with(env!("CARGO_BIN_EXE_wisp"), &["--queue-depth", "0"]);
     let api = Api::new(&server);
     api.deploy("sleep", "sleep", json!({"max_concurrency": 2}))
         .await;

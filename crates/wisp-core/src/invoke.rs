@@ -50,6 +50,13 @@ pub enum InvokeError {
         /// The function's `max_concurrency`.
         limit: u32,
     },
+    /// The server is at its instance or instance-memory capacity and no
+    /// slot freed up in time.
+    #[error("the server is at its {resource} capacity; retry later")]
+    Overloaded {
+        /// Which capacity: `instance` or `instance memory`.
+        resource: String,
+    },
     /// The invocation ran past its timeout and was stopped.
     #[error("function timed out after {timeout_ms} ms (its timeout_ms limit)")]
     Timeout {
@@ -93,6 +100,20 @@ pub trait Invoker: Send + Sync + 'static {
         request_id: String,
         request: http::Request<Body>,
     ) -> BoxFuture<'_, Result<http::Response<Body>, InvokeError>>;
+
+    /// Loads `deployment` and keeps it ready ahead of its first request, for
+    /// versions with `min_instances`. Runtimes without warm capacity do
+    /// nothing.
+    fn warm(&self, deployment: Arc<Deployment>) -> BoxFuture<'_, Result<(), InvokeError>> {
+        let _ = deployment;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Forgets what the runtime keeps for a deleted version (`Some`) or a
+    /// whole deleted function (`None`): warm pins and admission state.
+    fn release(&self, function: &FunctionName, version: Option<VersionId>) {
+        let _ = (function, version);
+    }
 }
 
 /// Why a component was rejected at deploy time.
@@ -170,4 +191,38 @@ pub trait InvocationSink: Send + Sync + 'static {
 pub trait ArtifactSource: Send + Sync + 'static {
     /// The bytes of the artifact.
     fn read(&self, digest: &Digest) -> std::io::Result<Vec<u8>>;
+}
+
+/// Live gauges of one version in the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionGauges {
+    /// The function.
+    pub function: FunctionName,
+    /// The version.
+    pub version: VersionId,
+    /// Invocations running now.
+    pub in_use: u64,
+    /// Requests waiting for a concurrency slot.
+    pub queued: u64,
+}
+
+/// A point-in-time view of the runtime, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSnapshot {
+    /// Components loaded in memory.
+    pub loaded_components: u64,
+    /// Bytes of compiled code those components map.
+    pub loaded_bytes: u64,
+    /// Instances alive now, across all functions (including idle reusable ones).
+    pub instances: u64,
+    /// Sum of the memory limits of the instances alive now, in bytes.
+    pub instance_memory_bytes: u64,
+    /// Versions the runtime tracks admission for (recently invoked ones).
+    pub versions: Vec<VersionGauges>,
+}
+
+/// Read-only view of the runtime's state.
+pub trait RuntimeState: Send + Sync + 'static {
+    /// The current gauges.
+    fn snapshot(&self) -> RuntimeSnapshot;
 }

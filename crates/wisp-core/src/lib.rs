@@ -25,7 +25,8 @@ pub use digest::Digest;
 pub use error::{ErrorBody, ErrorCode};
 pub use invoke::{
     ArtifactSource, Body, BoxError, BoxFuture, Deployment, InvocationOutcome, InvocationRecord,
-    InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer,
+    InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer, RuntimeSnapshot,
+    RuntimeState, VersionGauges,
 };
 pub use model::*;
 pub use names::{AliasName, FunctionName, NameError, Qualifier, Target};

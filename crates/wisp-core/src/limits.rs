@@ -42,6 +42,11 @@ pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Per-function concurrency when none is given.
 pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 
+/// Largest `min_instances` (versions kept warm).
+pub const MAX_MIN_INSTANCES: u32 = 1000;
+/// Largest `max_requests_per_instance` (opt-in instance reuse).
+pub const MAX_REQUESTS_PER_INSTANCE: u32 = 100_000;
+
 /// Captured stdout, and separately stderr, per invocation, in bytes (64 KiB).
 pub const MAX_LOG_BYTES_PER_STREAM: usize = 64 * 1024;
 /// Most log records returned by one logs query.

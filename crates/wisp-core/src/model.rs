@@ -175,6 +175,12 @@ pub struct FunctionInput {
     /// See [`FunctionConfig::max_concurrency`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// See [`FunctionConfig::min_instances`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    /// See [`FunctionConfig::max_requests_per_instance`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_instance: Option<u32>,
 }
 
 impl FunctionInput {
@@ -191,6 +197,10 @@ impl FunctionInput {
             memory_mib: self.memory_mib.unwrap_or(base.memory_mib),
             timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
             max_concurrency: self.max_concurrency.unwrap_or(base.max_concurrency),
+            min_instances: self.min_instances.unwrap_or(base.min_instances),
+            max_requests_per_instance: self
+                .max_requests_per_instance
+                .unwrap_or(base.max_requests_per_instance),
         };
         config.validate()?;
         Ok(config)

@@ -40,6 +40,20 @@ pub struct FunctionConfig {
     pub timeout_ms: u64,
     /// Most invocations of this version running at once (1 to 10000).
     pub max_concurrency: u32,
+    /// Instances of this version kept ready even when idle (0 to 1000): the
+    /// version is loaded at start and deploy, never unloaded, and this many
+    /// instances are pre-instantiated. 0 scales to zero.
+    #[serde(default)]
+    pub min_instances: u32,
+    /// Requests one instance may serve in sequence before it is discarded
+    /// (1 to 100000). 1, the default, is a fresh instance per request; more
+    /// lets a function keep caches and connections between requests.
+    #[serde(default = "default_requests_per_instance")]
+    pub max_requests_per_instance: u32,
+}
+
+fn default_requests_per_instance() -> u32 {
+    1
 }
 
 impl Default for FunctionConfig {
@@ -51,6 +65,8 @@ impl Default for FunctionConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            min_instances: 0,
+            max_requests_per_instance: 1,
         }
     }
 }
@@ -167,6 +183,26 @@ impl FunctionConfig {
                 format!("must be from 1 to {MAX_CONCURRENCY}"),
             ));
         }
+        if self.min_instances > MAX_MIN_INSTANCES {
+            return Err(ValidationError::new(
+                "min_instances",
+                format!("must be from 0 to {MAX_MIN_INSTANCES}"),
+            ));
+        }
+        if self.min_instances > self.max_concurrency {
+            return Err(ValidationError::new(
+                "min_instances",
+                "cannot be more than max_concurrency",
+            ));
+        }
+        if !(1..=MAX_REQUESTS_PER_INSTANCE).contains(&self.max_requests_per_instance) {
+            return Err(ValidationError::new(
+                "max_requests_per_instance",
+                format!(
+                    "must be from 1 (a fresh instance per request) to {MAX_REQUESTS_PER_INSTANCE}"
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -234,6 +270,29 @@ mod tests {
         let mut c = d();
         c.labels.insert("ok".into(), "bad value!".into());
         assert_eq!(field_of(c), "labels.ok");
+        assert_eq!(
+            field_of(FunctionConfig {
+                min_instances: 1001,
+                max_concurrency: 5000,
+                ..d()
+            }),
+            "min_instances"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                min_instances: 5,
+                max_concurrency: 4,
+                ..d()
+            }),
+            "min_instances"
+        );
+        assert_eq!(
+            field_of(FunctionConfig {
+                max_requests_per_instance: 0,
+                ..d()
+            }),
+            "max_requests_per_instance"
+        );
         let mut c = d();
         c.labels.insert("tier".into(), "".into());
         c.validate().unwrap();

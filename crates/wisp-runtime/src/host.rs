@@ -6,8 +6,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-/// State of one invocation's store.
+/// State of one instance's store.
 pub struct Host {
+    /// What `wasi:cli/environment.get-environment` returns; replaced before
+    /// each request so a reused instance sees the current request id.
+    pub(crate) env: Vec<(String, String)>,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,

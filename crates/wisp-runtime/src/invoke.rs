@@ -1,9 +1,11 @@
-//! One invocation: admission, loading, a fresh instance, the timeout, and
-//! the record that reports how it went.
+//! One invocation: admission (concurrency permit, bounded queue), loading,
+//! an instance (fresh, or reused when the function opts in), the timeout,
+//! and the record that reports how it went.
 
 use crate::capture::Capture;
 use crate::host::{DenyOutbound, Host, MemoryLimiter};
-use crate::{Inner, Runtime, lock};
+use crate::pool::{LiveInstance, Queued, VersionKey, VersionState};
+use crate::{Inner, Runtime};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -15,11 +17,14 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 use wisp_core::{
-    Body, BoxError, BoxFuture, Deployment, InvocationOutcome, InvocationRecord, InvokeError,
-    Invoker, LogCapture,
+    Body, BoxError, BoxFuture, Deployment, FunctionName, InvocationOutcome, InvocationRecord,
+    InvokeError, Invoker, LogCapture, RuntimeSnapshot, RuntimeState, VersionId,
 };
 
 const MIB: usize = 1024 * 1024;
+
+/// Request header carrying the request id into the function.
+pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
 
 /// What is known about an invocation before it ends, to build its record.
 struct Pending {
@@ -53,80 +58,108 @@ impl Pending {
     }
 
     fn fail(self, inner: &Inner, error: InvokeError) -> InvokeError {
-        self.finish(
-            inner,
-            InvocationOutcome::Failed(error.clone()),
-            LogCapture::default(),
-            LogCapture::default(),
-        );
+        let outcome = InvocationOutcome::Failed(error.clone());
+        self.finish(inner, outcome, LogCapture::default(), LogCapture::default());
         error
     }
 }
 
+/// Waits for a permit of `semaphore` until `deadline`, counting the wait in `queued`.
+async fn acquire(
+    semaphore: &Arc<Semaphore>,
+    permits: u32,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(p) = semaphore.clone().try_acquire_many_owned(permits) {
+        return Some(p);
+    }
+    tokio::time::timeout_at(deadline, semaphore.clone().acquire_many_owned(permits))
+        .await
+        .ok()?
+        .ok()
+}
+
 impl Inner {
-    /// A permit under the version's `max_concurrency`, or `None` when full.
-    fn function_permit(&self, d: &Deployment) -> Option<OwnedSemaphorePermit> {
-        let key = format!("{}:{}", d.function, d.version);
-        let limit = d.config.max_concurrency;
-        let semaphore = {
-            let mut map = lock(&self.concurrency);
-            let entry = map
-                .entry(key)
-                .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
-            if entry.0 != limit {
-                // `latest` was reconfigured: new invocations count against
-                // the new limit; running ones finish under the old one.
-                *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
-            }
-            entry.1.clone()
-        };
-        semaphore.try_acquire_owned().ok()
+    /// A concurrency permit of the version: at once, or after a bounded wait
+    /// in its queue; `None` means throttle.
+    async fn admit(&self, state: &VersionState, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = state.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if state.queued.load(Ordering::SeqCst) >= self.config.queue_depth as u64 {
+            return None;
+        }
+        let _queued = Queued::enter(&state.queued);
+        tokio::time::timeout(wait, state.permits.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
-    fn new_store(
+    /// A new, not yet instantiated instance holding its share of the
+    /// server's capacity.
+    async fn new_instance(
         &self,
         d: &Deployment,
-        request_id: &str,
-        stdout: &Capture,
-        stderr: &Capture,
-    ) -> Store<Host> {
+        deadline: tokio::time::Instant,
+    ) -> Result<LiveInstance, InvokeError> {
+        let memory_mib = d.config.memory_mib;
+        if memory_mib > self.pool.max_memory_mib() {
+            return Err(InvokeError::Unavailable {
+                message: format!(
+                    "memory_mib {memory_mib} is more than this server's instance memory capacity of {} MiB",
+                    self.pool.max_memory_mib()
+                ),
+            });
+        }
+        let slot = acquire(&self.pool.instances, 1, deadline)
+            .await
+            .ok_or_else(|| InvokeError::Overloaded {
+                resource: "instance".into(),
+            })?;
+        let memory = acquire(&self.pool.memory_mib, memory_mib, deadline)
+            .await
+            .ok_or_else(|| InvokeError::Overloaded {
+                resource: "instance memory".into(),
+            })?;
+        let stdout = Capture::new(self.config.log_limit);
+        let stderr = Capture::new(self.config.log_limit);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        for (k, v) in &d.config.env {
-            wasi.env(k, v);
-        }
-        wasi.env("WISP_FUNCTION_NAME", d.function.as_str())
-            .env("WISP_FUNCTION_VERSION", d.version.to_string())
-            .env("WISP_REQUEST_ID", request_id)
-            .env("WISP_MEMORY_LIMIT_MIB", d.config.memory_mib.to_string());
         let host = Host {
+            env: Vec::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: DenyOutbound,
             limiter: MemoryLimiter {
-                limit_bytes: d.config.memory_mib as usize * MIB,
+                limit_bytes: memory_mib as usize * MIB,
                 exceeded: false,
             },
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        // Every epoch tick a running guest yields to the executor, so a CPU
-        // loop cannot hold a worker thread and the timeout can stop it.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-        store
+        Ok(LiveInstance {
+            store,
+            proxy: None,
+            served: 0,
+            digest: d.code_digest.clone(),
+            stdout,
+            stderr,
+            _slot: slot,
+            _memory: memory,
+        })
     }
 
     async fn invoke(
         self: Arc<Self>,
         deployment: Arc<Deployment>,
         request_id: String,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
     ) -> Result<http::Response<Body>, InvokeError> {
         let mut pending = Pending {
             deployment: deployment.clone(),
@@ -135,30 +168,48 @@ impl Inner {
             started_at: chrono::Utc::now(),
             init_duration: None,
         };
-        let Some(function_permit) = self.function_permit(&deployment) else {
-            let limit = deployment.config.max_concurrency;
+        let config = &deployment.config;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let key: VersionKey = (deployment.function.clone(), deployment.version);
+        let state = self.pool.version(&key, config.max_concurrency);
+        let wait = self.config.queue_timeout.min(timeout);
+        let Some(function_permit) = self.admit(&state, wait).await else {
+            let limit = config.max_concurrency;
             return Err(pending.fail(&self, InvokeError::Throttled { limit }));
         };
-        let pre = match self.load(&deployment.code_digest).await {
-            Ok((pre, init)) => {
+
+        let loaded = match self.pool.load(&self, &deployment.code_digest).await {
+            Ok((loaded, init)) => {
                 pending.init_duration = init;
-                pre
+                loaded
             }
             Err(message) => return Err(pending.fail(&self, InvokeError::Unavailable { message })),
         };
-        let timeout_ms = deployment.config.timeout_ms;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-        let instance_permit =
-            match tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) | Err(_) => {
-                    return Err(pending.fail(&self, InvokeError::Timeout { timeout_ms }));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reused = state.take_idle(&deployment.code_digest);
+        let mut instance = match reused {
+            Some(i) => i,
+            None => {
+                let capacity_deadline = tokio::time::Instant::now() + wait;
+                match self.new_instance(&deployment, capacity_deadline).await {
+                    Ok(i) => i,
+                    Err(e) => return Err(pending.fail(&self, e)),
                 }
-            };
+            }
+        };
 
-        let stdout = Capture::new(self.log_limit);
-        let stderr = Capture::new(self.log_limit);
-        let mut store = self.new_store(&deployment, &pending.request_id, &stdout, &stderr);
+        // Per-request state of the store.
+        let host = instance.store.data_mut();
+        host.env = context_env(&deployment, &pending.request_id);
+        host.limiter.exceeded = false;
+        // Every epoch tick a running guest yields to the executor, so a CPU
+        // loop cannot hold a worker thread and the timeout can stop it.
+        instance.store.set_epoch_deadline(1);
+        instance.store.epoch_deadline_async_yield_and_update(1);
+        if let Ok(v) = http::HeaderValue::from_str(&pending.request_id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+
         let (tx, rx) = tokio::sync::oneshot::channel();
         let status = Arc::new(AtomicU16::new(0));
         let set_status = status.clone();
@@ -172,7 +223,7 @@ impl Inner {
                     }
                 })
             });
-            let mut http = store.data_mut().http();
+            let mut http = instance.store.data_mut().http();
             let req = http.new_incoming_request(Scheme::Http, request)?;
             let out = http.new_response_outparam_from_callback(move |res| {
                 if let Ok(r) = &res {
@@ -191,24 +242,30 @@ impl Inner {
         };
 
         let inner = self.clone();
+        let pre = loaded.pre.clone();
+        let reuse_limit = config.max_requests_per_instance;
+        let memory_mib = config.memory_mib;
+        let timeout_ms = config.timeout_ms;
         let task = tokio::spawn(async move {
             let result = {
+                let LiveInstance { store, proxy, .. } = &mut instance;
                 let run = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
+                    if proxy.is_none() {
+                        *proxy = Some(pre.instantiate_async(&mut *store).await?);
+                    }
+                    let proxy = proxy.as_ref().expect("instantiated above");
                     proxy
                         .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
+                        .call_handle(&mut *store, req, out)
                         .await
                 };
                 tokio::time::timeout_at(deadline, run).await
             };
             let outcome = match result {
                 Err(_) => InvocationOutcome::Failed(InvokeError::Timeout { timeout_ms }),
-                Ok(Err(e)) if store.data().limiter.exceeded => {
+                Ok(Err(e)) if instance.store.data().limiter.exceeded => {
                     tracing::debug!(error = ?e, "memory limit hit");
-                    InvocationOutcome::Failed(InvokeError::MemoryLimit {
-                        memory_mib: deployment.config.memory_mib,
-                    })
+                    InvocationOutcome::Failed(InvokeError::MemoryLimit { memory_mib })
                 }
                 Ok(Err(e)) => InvocationOutcome::Failed(InvokeError::Trapped {
                     message: format!("{e:?}"),
@@ -221,11 +278,18 @@ impl Inner {
                     status => InvocationOutcome::Completed { status },
                 },
             };
-            // Free the instance slot before reporting.
-            drop(store);
-            drop(instance_permit);
+            let (stdout, stderr) = (instance.stdout.take(), instance.stderr.take());
+            instance.served += 1;
+            // Only an instance that finished cleanly may serve again.
+            if matches!(outcome, InvocationOutcome::Completed { .. })
+                && instance.served < reuse_limit
+            {
+                state.put_idle(instance, inner.pool.now());
+            } else {
+                drop(instance);
+            }
             drop(function_permit);
-            pending.finish(&inner, outcome.clone(), stdout.take(), stderr.take());
+            pending.finish(&inner, outcome.clone(), stdout, stderr);
             outcome
         });
 
@@ -249,6 +313,41 @@ impl Inner {
             },
         }
     }
+
+    /// Pins or unpins a version per its `min_instances`, loading it now.
+    async fn warm(self: Arc<Self>, d: Arc<Deployment>) -> Result<(), InvokeError> {
+        let key = (d.function.clone(), d.version);
+        if d.config.min_instances == 0 {
+            self.pool.pin(key, None);
+            return Ok(());
+        }
+        self.pool.pin(key, Some(d.code_digest.clone()));
+        self.pool
+            .load(&self, &d.code_digest)
+            .await
+            .map(drop)
+            .map_err(|message| InvokeError::Unavailable { message })
+    }
+}
+
+/// The environment a request sees: the function's own, then the context.
+fn context_env(d: &Deployment, request_id: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = d
+        .config
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("WISP_FUNCTION_NAME".into(), d.function.to_string()),
+        ("WISP_FUNCTION_VERSION".into(), d.version.to_string()),
+        ("WISP_REQUEST_ID".into(), request_id.to_string()),
+        (
+            "WISP_MEMORY_LIMIT_MIB".into(),
+            d.config.memory_mib.to_string(),
+        ),
+    ]);
+    env
 }
 
 impl Invoker for Runtime {
@@ -259,5 +358,19 @@ impl Invoker for Runtime {
         request: http::Request<Body>,
     ) -> BoxFuture<'_, Result<http::Response<Body>, InvokeError>> {
         Box::pin(self.inner.clone().invoke(deployment, request_id, request))
+    }
+
+    fn warm(&self, deployment: Arc<Deployment>) -> BoxFuture<'_, Result<(), InvokeError>> {
+        Box::pin(self.inner.clone().warm(deployment))
+    }
+
+    fn release(&self, function: &FunctionName, version: Option<VersionId>) {
+        self.inner.pool.release(function, version);
+    }
+}
+
+impl RuntimeState for Runtime {
+    fn snapshot(&self) -> RuntimeSnapshot {
+        self.inner.pool.snapshot()
     }
 }

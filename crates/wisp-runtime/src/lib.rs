@@ -1,8 +1,12 @@
 //! The data-plane runtime of Wisp: validates and compiles `wasi:http/proxy`
 //! components at deploy time ([`Preparer`]), caches the compiled form on
-//! disk keyed by digest and engine, and runs each invocation in a fresh
-//! instance from wasmtime's pooling allocator ([`Invoker`]), with the
-//! function's memory limit, timeout and concurrency enforced.
+//! disk keyed by digest and engine, and runs each invocation in an instance
+//! from wasmtime's pooling allocator ([`Invoker`]), with the function's
+//! memory limit, timeout and concurrency enforced and requests over the
+//! limit queued briefly, then refused.
+//!
+//! Components are loaded on first use and unloaded when idle or when the
+//! loaded set exceeds its caps; versions with `min_instances` stay loaded.
 //!
 //! ```no_run
 //! # async fn demo(artifacts: std::sync::Arc<dyn wisp_core::ArtifactSource>,
@@ -10,7 +14,7 @@
 //! use wisp_runtime::{Runtime, RuntimeConfig};
 //!
 //! let runtime = Runtime::new(RuntimeConfig::new("/var/lib/wisp/compiled"), artifacts, sink)?;
-//! // `runtime` implements `wisp_core::Preparer` and `wisp_core::Invoker`.
+//! // `runtime` implements `wisp_core::Preparer`, `Invoker` and `RuntimeState`.
 //! # Ok(()) }
 //! ```
 
@@ -18,12 +22,11 @@ mod cache;
 mod capture;
 mod host;
 mod invoke;
+mod pool;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, Semaphore};
+use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -54,11 +57,23 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
     /// Most instances alive at once across all functions (pool size).
     pub max_instances: u32,
+    /// Most memory, in MiB, that the limits of all live instances may add up to.
+    pub max_instance_memory_mib: u32,
     /// Interval of the epoch ticker that lets long-running guests be
     /// interrupted.
     pub epoch_tick: Duration,
     /// Bytes of stdout, and of stderr, kept per invocation.
     pub log_limit: usize,
+    /// A loaded component (or idle reusable instance) unused this long is unloaded.
+    pub idle_timeout: Duration,
+    /// Most components loaded at once; least recently used go first.
+    pub max_loaded_components: usize,
+    /// Most bytes of compiled code loaded at once.
+    pub max_loaded_bytes: usize,
+    /// Requests that may wait per version when it is at `max_concurrency`.
+    pub queue_depth: u32,
+    /// Longest a request waits for a slot before it is refused with 429.
+    pub queue_timeout: Duration,
 }
 
 impl RuntimeConfig {
@@ -67,13 +82,17 @@ impl RuntimeConfig {
         RuntimeConfig {
             cache_dir: cache_dir.into(),
             max_instances: 1000,
+            max_instance_memory_mib: 64 * 1024,
             epoch_tick: Duration::from_millis(10),
             log_limit: wisp_core::limits::MAX_LOG_BYTES_PER_STREAM,
+            idle_timeout: Duration::from_secs(300),
+            max_loaded_components: 1000,
+            max_loaded_bytes: 2 << 30,
+            queue_depth: 100,
+            queue_timeout: Duration::from_secs(1),
         }
     }
 }
-
-type Loaded = Arc<OnceCell<Result<ProxyPre<Host>, String>>>;
 
 pub(crate) struct Inner {
     engine: Engine,
@@ -81,10 +100,8 @@ pub(crate) struct Inner {
     cache: cache::CompiledCache,
     artifacts: Arc<dyn ArtifactSource>,
     sink: Arc<dyn InvocationSink>,
-    loaded: Mutex<HashMap<Digest, Loaded>>,
-    concurrency: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
-    instances: Arc<Semaphore>,
-    log_limit: usize,
+    pool: pool::Pool,
+    config: RuntimeConfig,
 }
 
 /// The wasmtime runtime. Cheap to clone.
@@ -117,24 +134,37 @@ fn engine_config(max_instances: u32) -> Config {
     config
 }
 
+/// `wasi:cli/environment` as Wisp serves it: from the store's per-request
+/// `env`, so reused instances see the current request's context.
+fn link_environment(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut env = linker.instance("wasi:cli/environment@0.2.12")?;
+    env.func_wrap(
+        "get-environment",
+        |store: wasmtime::StoreContextMut<'_, Host>, (): ()| Ok((store.data().env.clone(),)),
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 impl Runtime {
     /// Builds the engine, the linker with the whole WASI 0.2 set, and starts
-    /// the epoch ticker. Must be called inside a tokio runtime.
+    /// the epoch ticker and the idle sweeper. Must be called inside a tokio
+    /// runtime.
     pub fn new(
         config: RuntimeConfig,
         artifacts: Arc<dyn ArtifactSource>,
         sink: Arc<dyn InvocationSink>,
     ) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(config.max_instances))
-            .map_err(|e| RuntimeError::Engine(format!("{e:?}")))?;
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:?}"));
+        let engine = Engine::new(&engine_config(config.max_instances)).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         // The whole WASI 0.2 set, so components from real SDKs link; the
         // capabilities behind it (files, sockets, outbound HTTP) are denied
         // per store. Imports at older 0.2.x minors resolve to these by semver.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("{e:?}")))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("{e:?}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
+        link_environment(&mut linker).map_err(engine_err)?;
         let cache = cache::CompiledCache::open(&config.cache_dir, &engine)?;
         let inner = Arc::new(Inner {
             engine,
@@ -142,22 +172,21 @@ impl Runtime {
             cache,
             artifacts,
             sink,
-            loaded: Mutex::new(HashMap::new()),
-            concurrency: Mutex::new(HashMap::new()),
-            instances: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
-            log_limit: config.log_limit,
+            pool: pool::Pool::new(&config),
+            config: config.clone(),
         });
         start_epoch_ticker(Arc::downgrade(&inner), config.epoch_tick);
+        pool::start_sweeper(Arc::downgrade(&inner));
         Ok(Runtime { inner })
     }
 
     /// Number of components currently loaded in memory.
     pub fn loaded_components(&self) -> usize {
-        lock(&self.inner.loaded).len()
+        self.inner.pool.loaded_count()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -217,55 +246,27 @@ impl Inner {
         })
     }
 
-    /// Loads a component for the request path: from the compiled cache when
-    /// present, else by compiling the artifact (and caching it). Single-flight
-    /// per digest. Returns the pre-linked component and, when this call did
-    /// the loading, how long it took.
-    async fn load(
-        self: &Arc<Self>,
-        digest: &Digest,
-    ) -> Result<(ProxyPre<Host>, Option<Duration>), String> {
-        let cell = lock(&self.loaded)
-            .entry(digest.clone())
-            .or_default()
-            .clone();
-        let mut did_load = None;
-        let result = cell
-            .get_or_init(|| async {
-                let started = Instant::now();
-                let inner = self.clone();
-                let digest = digest.clone();
-                let result = tokio::task::spawn_blocking(move || inner.load_blocking(&digest))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("loading task failed: {e}")));
-                did_load = Some(started.elapsed());
-                result
-            })
-            .await;
-        match result {
-            Ok(pre) => Ok((pre.clone(), did_load)),
-            Err(e) => {
-                // Do not cache failures: the next request tries again.
-                let message = e.clone();
-                lock(&self.loaded).remove(digest);
-                Err(message)
+    /// Loads a component from the compiled cache when present, else by
+    /// compiling the artifact (and caching it). Blocking.
+    fn load_blocking(&self, digest: &Digest) -> Result<pool::Loaded, String> {
+        let component = match self.cache.load(&self.engine, digest) {
+            Some(component) => component,
+            None => {
+                let bytes = self
+                    .artifacts
+                    .read(digest)
+                    .map_err(|e| format!("cannot read artifact {digest}: {e}"))?;
+                let (component, _) = self.compile(&bytes).map_err(|e| e.to_string())?;
+                if let Err(e) = self.cache.store(digest, &component) {
+                    tracing::warn!(%digest, error = %e, "could not cache compiled component");
+                }
+                component
             }
-        }
-    }
-
-    fn load_blocking(&self, digest: &Digest) -> Result<ProxyPre<Host>, String> {
-        if let Some(component) = self.cache.load(&self.engine, digest) {
-            return self.link(&component);
-        }
-        let bytes = self
-            .artifacts
-            .read(digest)
-            .map_err(|e| format!("cannot read artifact {digest}: {e}"))?;
-        let (component, pre) = self.compile(&bytes).map_err(|e| e.to_string())?;
-        if let Err(e) = self.cache.store(digest, &component) {
-            tracing::warn!(%digest, error = %e, "could not cache compiled component");
-        }
-        Ok(pre)
+        };
+        let range = component.image_range();
+        let bytes = (range.end as usize).saturating_sub(range.start as usize);
+        let pre = self.link(&component)?;
+        Ok(pool::Loaded { pre, bytes })
     }
 }
 

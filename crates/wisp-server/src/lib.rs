@@ -63,6 +63,18 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Most instances alive at once across all functions.
     pub max_instances: u32,
+    /// Most memory (MiB) the limits of all live instances may add up to.
+    pub max_instance_memory_mib: u32,
+    /// Idle time after which a loaded component is unloaded.
+    pub idle_timeout: Duration,
+    /// Most components loaded at once.
+    pub max_loaded_components: usize,
+    /// Most compiled code loaded at once, in MiB.
+    pub max_loaded_mib: usize,
+    /// Requests that may wait per version at its concurrency limit.
+    pub queue_depth: u32,
+    /// Longest wait for a slot before a 429.
+    pub queue_timeout: Duration,
     /// Largest request body forwarded to a function.
     pub max_invoke_body: usize,
     /// Require the bearer token even on a loopback address.
@@ -75,11 +87,18 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults with the given data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let defaults = wisp_runtime::RuntimeConfig::new("");
         ServerConfig {
             data_dir: data_dir.into(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             grace_period: DEFAULT_GRACE_PERIOD,
-            max_instances: 1000,
+            max_instances: defaults.max_instances,
+            max_instance_memory_mib: defaults.max_instance_memory_mib,
+            idle_timeout: defaults.idle_timeout,
+            max_loaded_components: defaults.max_loaded_components,
+            max_loaded_mib: defaults.max_loaded_bytes >> 20,
+            queue_depth: defaults.queue_depth,
+            queue_timeout: defaults.queue_timeout,
             max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
             require_token: false,
             cache_dir: None,
@@ -177,14 +196,38 @@ pub async fn run(
             .unwrap_or_else(|| data_dir.join("compiled")),
     );
     runtime_config.max_instances = config.max_instances;
+    runtime_config.max_instance_memory_mib = config.max_instance_memory_mib;
+    runtime_config.idle_timeout = config.idle_timeout;
+    runtime_config.max_loaded_components = config.max_loaded_components;
+    runtime_config.max_loaded_bytes = config.max_loaded_mib << 20;
+    runtime_config.queue_depth = config.queue_depth;
+    runtime_config.queue_timeout = config.queue_timeout;
     let runtime = wisp_runtime::Runtime::new(runtime_config, artifacts.clone(), telemetry.clone())?;
+
+    // Versions with min_instances are loaded before their first request.
+    let warm_store = store.clone();
+    let warm_runtime = runtime.clone();
+    tokio::spawn(async move {
+        match warm_store.warm_deployments().await {
+            Ok(deployments) => {
+                for d in deployments {
+                    let (f, v) = (d.function.clone(), d.version);
+                    if let Err(e) = wisp_core::Invoker::warm(&warm_runtime, d).await {
+                        tracing::warn!(function = %f, version = %v, error = %e, "could not warm");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list versions to warm"),
+        }
+    });
 
     let needs_token = config.require_token || !config.listen.ip().is_loopback();
     let app = Arc::new(wisp_api::App {
         store,
         artifacts: wisp_api::Artifacts(artifacts),
         preparer: Arc::new(runtime.clone()),
-        invoker: Arc::new(runtime),
+        invoker: Arc::new(runtime.clone()),
+        runtime_state: Arc::new(runtime),
         telemetry,
         token: needs_token.then_some(token),
         max_invoke_body: config.max_invoke_body,

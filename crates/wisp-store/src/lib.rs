@@ -224,6 +224,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         qualifier: &Qualifier,
     ) -> Result<Resolved, StoreError>;
 
+    /// Every version, `latest` or published, whose `min_instances` is above
+    /// zero: what the runtime warms at start.
+    async fn warm_deployments(&self) -> Result<Vec<Arc<Deployment>>, StoreError>;
+
     /// Appends log records in one transaction, then prunes the oldest
     /// records beyond the retention cap.
     async fn append_logs(&self, records: Vec<NewLogRecord>) -> Result<(), StoreError>;

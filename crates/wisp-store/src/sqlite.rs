@@ -60,7 +60,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE functions (
@@ -132,10 +132,20 @@ CREATE TRIGGER logs_counted_out AFTER DELETE ON logs
     BEGIN UPDATE log_count SET n = n - 1; END;
 "#;
 
+/// Warm capacity and instance reuse.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE functions ADD COLUMN min_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE functions ADD COLUMN max_requests_per_instance INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE versions ADD COLUMN min_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE versions ADD COLUMN max_requests_per_instance INTEGER NOT NULL DEFAULT 1;
+"#;
+
 /// The config columns shared by `functions` and `versions`, in the order
 /// [`read_code_and_config`] expects.
-const CONFIG_COLUMNS: &str =
-    "code_digest, code_size, description, labels, env, memory_mib, timeout_ms, max_concurrency";
+const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, memory_mib, \
+     timeout_ms, max_concurrency, min_instances, max_requests_per_instance";
+/// How many columns [`CONFIG_COLUMNS`] names.
+const CONFIG_COLUMN_COUNT: usize = 10;
 
 /// Resolved qualifiers of one function, keyed by the qualifier's string form.
 type FunctionCache = HashMap<String, Resolved>;
@@ -398,6 +408,8 @@ fn read_code_and_config(
         memory_mib: row.get(i + 5)?,
         timeout_ms: row.get::<_, Unsigned>(i + 6)?.0,
         max_concurrency: row.get(i + 7)?,
+        min_instances: row.get(i + 8)?,
+        max_requests_per_instance: row.get(i + 9)?,
     };
     Ok((digest, size, config))
 }
@@ -427,8 +439,8 @@ fn load_latest(conn: &Connection, name: &FunctionName) -> Result<Option<LatestRo
                     code_digest,
                     code_size,
                     config,
-                    created_at: from_ns(row.get(10)?),
-                    updated_at: from_ns(row.get(11)?),
+                    created_at: from_ns(row.get(2 + CONFIG_COLUMN_COUNT)?),
+                    updated_at: from_ns(row.get(3 + CONFIG_COLUMN_COUNT)?),
                 },
             })
         })
@@ -449,7 +461,7 @@ fn function_id(conn: &Connection, name: &FunctionName) -> Result<i64, StoreError
 
 fn version_from_row(name: &FunctionName, row: &Row<'_>) -> rusqlite::Result<FunctionVersion> {
     let (code_digest, code_size, config) = read_code_and_config(row, 1)?;
-    let created_at = from_ns(row.get(9)?);
+    let created_at = from_ns(row.get(1 + CONFIG_COLUMN_COUNT)?);
     Ok(FunctionVersion {
         name: name.clone(),
         version: VersionId::Published(row.get(0)?),
@@ -644,7 +656,8 @@ fn put_function_tx(
             tx.prepare_cached(
                 "UPDATE functions SET code_digest = ?2, code_size = ?3, description = ?4,
                     labels = ?5, env = ?6, memory_mib = ?7, timeout_ms = ?8,
-                    max_concurrency = ?9, updated_ns = ?10
+                    max_concurrency = ?9, min_instances = ?10,
+                    max_requests_per_instance = ?11, updated_ns = ?12
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -657,13 +670,15 @@ fn put_function_tx(
                 config.memory_mib,
                 signed(config.timeout_ms, "timeout_ms")?,
                 config.max_concurrency,
+                config.min_instances,
+                config.max_requests_per_instance,
                 now,
             ])?;
         }
         None => {
             let sql = format!(
                 "INSERT INTO functions (name, {CONFIG_COLUMNS}, created_ns, updated_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"
             );
             tx.prepare_cached(&sql)?
                 .execute(params![
@@ -676,6 +691,8 @@ fn put_function_tx(
                     config.memory_mib,
                     signed(config.timeout_ms, "timeout_ms")?,
                     config.max_concurrency,
+                    config.min_instances,
+                    config.max_requests_per_instance,
                     now,
                 ])
                 .map_err(|e| {
@@ -708,7 +725,7 @@ fn publish_tx(
     let latest = &row.latest;
     let sql = format!(
         "INSERT INTO versions (function_id, version, {CONFIG_COLUMNS}, created_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         row.id,
@@ -721,6 +738,8 @@ fn publish_tx(
         latest.config.memory_mib,
         signed(latest.config.timeout_ms, "timeout_ms")?,
         latest.config.max_concurrency,
+        latest.config.min_instances,
+        latest.config.max_requests_per_instance,
         to_ns(Utc::now()),
     ])?;
     tx.prepare_cached("UPDATE functions SET next_version = ?2 WHERE id = ?1")?
@@ -1007,6 +1026,38 @@ impl MetadataStore for SqliteStore {
             .await
     }
 
+    async fn warm_deployments(&self) -> Result<Vec<Arc<Deployment>>, StoreError> {
+        self.with_conn(move |_, conn| {
+            let sql = format!(
+                "SELECT name, NULL, {CONFIG_COLUMNS} FROM functions WHERE min_instances > 0
+                 UNION ALL
+                 SELECT f.name, v.version, {} FROM versions v JOIN functions f ON f.id = v.function_id
+                 WHERE v.min_instances > 0",
+                CONFIG_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("v.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([], |row| {
+                let (code_digest, _, config) = read_code_and_config(row, 2)?;
+                let version = match row.get::<_, Option<u32>>(1)? {
+                    Some(n) => VersionId::Published(n),
+                    None => VersionId::Latest,
+                };
+                Ok(Arc::new(Deployment {
+                    function: row.get::<_, Parsed<FunctionName>>(0)?.0,
+                    version,
+                    code_digest,
+                    config,
+                }))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn list_functions(
         &self,
         selector: &[(String, String)],
@@ -1025,8 +1076,8 @@ impl MetadataStore for SqliteStore {
                     code_digest,
                     code_size,
                     config,
-                    created_at: from_ns(row.get(9)?),
-                    updated_at: from_ns(row.get(10)?),
+                    created_at: from_ns(row.get(1 + CONFIG_COLUMN_COUNT)?),
+                    updated_at: from_ns(row.get(2 + CONFIG_COLUMN_COUNT)?),
                 })
             })?;
             let mut out = Vec::new();
@@ -1359,6 +1410,8 @@ mod tests {
             memory_mib: Some(64),
             timeout_ms: Some(1234),
             max_concurrency: Some(7),
+            min_instances: Some(2),
+            max_requests_per_instance: Some(50),
         };
         let (created, was_created) = store
             .put_function(hello.clone(), &full, 4242, WriteMode::Create)
@@ -1375,6 +1428,8 @@ mod tests {
         assert_eq!(latest.config.memory_mib, 64);
         assert_eq!(latest.config.timeout_ms, 1234);
         assert_eq!(latest.config.max_concurrency, 7);
+        assert_eq!(latest.config.min_instances, 2);
+        assert_eq!(latest.config.max_requests_per_instance, 50);
         assert_eq!(latest.created_at, latest.updated_at);
         assert!(created.published_versions.is_empty());
         assert!(created.aliases.is_empty());
@@ -1531,6 +1586,45 @@ mod tests {
             .unwrap();
         assert!(created);
         assert_eq!(new.latest.code_size, 55);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn warm_deployments_lists_every_version_with_min_instances() {
+        let (_dir, store) = open();
+        create(&store, "cold", 1).await;
+        create(&store, "warm", 2).await;
+        let warm = fname("warm");
+        assert!(store.warm_deployments().await.unwrap().is_empty());
+        let patch = FunctionInput {
+            min_instances: Some(2),
+            ..Default::default()
+        };
+        store
+            .put_function(warm.clone(), &patch, 0, WriteMode::Patch)
+            .await
+            .unwrap();
+        store.publish(&warm).await.unwrap();
+        let mut got: Vec<(String, VersionId, u32)> = store
+            .warm_deployments()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| (d.function.to_string(), d.version, d.config.min_instances))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("warm".to_string(), VersionId::Latest, 2),
+                ("warm".to_string(), VersionId::Published(1), 2)
+            ]
+        );
+        assert_eq!(
+            store.warm_deployments().await.unwrap()[0]
+                .code_digest
+                .to_string(),
+            digest(2)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -100,8 +100,31 @@ impl Server {
     /// Starts a server on a fresh data directory that shares the compiled
     /// code cache of the test run ([`shared_cache_dir`]).
     pub fn start_shared(bin: impl AsRef<Path>) -> Server {
+        Self::start_shared_with(bin, &[])
+    }
+
+    /// [`Server::start_shared`] with extra flags.
+    pub fn start_shared_with(bin: impl AsRef<Path>, extra: &[&str]) -> Server {
         let cache = shared_cache_dir();
-        Self::start_with(bin, &["--cache-dir", cache.to_str().expect("UTF-8 path")])
+        let mut args = vec!["--cache-dir", cache.to_str().expect("UTF-8 path")];
+        args.extend_from_slice(extra);
+        Self::start_with(bin, &args)
+    }
+
+    /// The value of one Prometheus sample from `/metrics`, such as
+    /// `wisp_loaded_components` or `faas_invocations_total{function="f",version="latest"}`
+    /// (labels in the order the server prints them); `None` if absent.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::get(self.at("/metrics"))
+            .await
+            .expect("scraping /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
     }
 
     /// Starts a server on a fresh data directory with extra flags.

@@ -1,0 +1,341 @@
+//! What the runtime holds in memory, and for how long: loaded components
+//! (scale from zero on first use, back to zero when idle, bounded by an LRU
+//! cap by count and bytes), per-version admission (concurrency permits and
+//! a bounded wait queue), idle reusable instances, and the server-wide
+//! instance and instance-memory capacity.
+
+use crate::capture::Capture;
+use crate::host::Host;
+use crate::{Inner, RuntimeConfig, lock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wisp_core::{Digest, FunctionName, RuntimeSnapshot, VersionGauges, VersionId};
+
+/// A component ready to instantiate.
+pub(crate) struct Loaded {
+    pub(crate) pre: ProxyPre<Host>,
+    /// Size of its compiled code in memory.
+    pub(crate) bytes: usize,
+}
+
+struct Slot {
+    cell: OnceCell<Result<Arc<Loaded>, String>>,
+    last_used: AtomicU64,
+}
+
+pub(crate) type VersionKey = (FunctionName, VersionId);
+
+/// An instantiated component and the capacity it holds.
+pub(crate) struct LiveInstance {
+    pub(crate) store: Store<Host>,
+    /// `None` until the first request instantiates it.
+    pub(crate) proxy: Option<Proxy>,
+    pub(crate) served: u32,
+    pub(crate) digest: Digest,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+    pub(crate) _slot: OwnedSemaphorePermit,
+    pub(crate) _memory: OwnedSemaphorePermit,
+}
+
+/// Admission and idle instances of one version.
+pub(crate) struct VersionState {
+    pub(crate) limit: u32,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) queued: AtomicU64,
+    idle: Mutex<Vec<(LiveInstance, u64)>>,
+    last_used: AtomicU64,
+}
+
+impl VersionState {
+    /// An idle instance of `digest` to reuse, if any.
+    pub(crate) fn take_idle(&self, digest: &Digest) -> Option<LiveInstance> {
+        let mut idle = lock(&self.idle);
+        let i = idle.iter().rposition(|(inst, _)| inst.digest == *digest)?;
+        Some(idle.swap_remove(i).0)
+    }
+
+    /// Keeps an instance for the next request.
+    pub(crate) fn put_idle(&self, instance: LiveInstance, now: u64) {
+        lock(&self.idle).push((instance, now));
+    }
+
+    fn in_use(&self) -> u64 {
+        (self.limit as u64).saturating_sub(self.permits.available_permits() as u64)
+    }
+}
+
+/// Counts a waiting request for as long as it waits, even if cancelled.
+pub(crate) struct Queued<'a>(&'a AtomicU64);
+
+impl<'a> Queued<'a> {
+    pub(crate) fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Queued(counter)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub(crate) struct Pool {
+    start: Instant,
+    loaded: Mutex<HashMap<Digest, Arc<Slot>>>,
+    pinned: Mutex<HashMap<VersionKey, Digest>>,
+    versions: Mutex<HashMap<VersionKey, Arc<VersionState>>>,
+    pub(crate) instances: Arc<Semaphore>,
+    pub(crate) memory_mib: Arc<Semaphore>,
+    max_instances: u32,
+    max_memory_mib: u32,
+    idle_ms: u64,
+    max_loaded: usize,
+    max_loaded_bytes: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(config: &RuntimeConfig) -> Self {
+        let max_instances = config.max_instances.max(1);
+        let max_memory_mib = config.max_instance_memory_mib.max(1);
+        Pool {
+            start: Instant::now(),
+            loaded: Mutex::new(HashMap::new()),
+            pinned: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
+            instances: Arc::new(Semaphore::new(max_instances as usize)),
+            memory_mib: Arc::new(Semaphore::new(max_memory_mib as usize)),
+            max_instances,
+            max_memory_mib,
+            idle_ms: config.idle_timeout.as_millis() as u64,
+            max_loaded: config.max_loaded_components.max(1),
+            max_loaded_bytes: config.max_loaded_bytes,
+        }
+    }
+
+    /// Milliseconds since the pool was created (a monotonic clock).
+    pub(crate) fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn max_memory_mib(&self) -> u32 {
+        self.max_memory_mib
+    }
+
+    pub(crate) fn loaded_count(&self) -> usize {
+        lock(&self.loaded)
+            .values()
+            .filter(|s| matches!(s.cell.get(), Some(Ok(_))))
+            .count()
+    }
+
+    /// Admission state of a version, created on first use. A changed
+    /// `max_concurrency` (of `latest`) starts a fresh state; invocations
+    /// already running finish under the old one.
+    pub(crate) fn version(&self, key: &VersionKey, limit: u32) -> Arc<VersionState> {
+        let now = self.now();
+        let mut versions = lock(&self.versions);
+        let state = versions
+            .entry(key.clone())
+            .or_insert_with(|| new_state(limit));
+        if state.limit != limit {
+            *state = new_state(limit);
+        }
+        state.last_used.store(now, Ordering::Relaxed);
+        state.clone()
+    }
+
+    /// The loaded component for `digest`, loading it on first use (single
+    /// flight). Returns how long loading took when this call loaded it.
+    pub(crate) async fn load(
+        &self,
+        inner: &Arc<Inner>,
+        digest: &Digest,
+    ) -> Result<(Arc<Loaded>, Option<Duration>), String> {
+        let slot = {
+            let mut loaded = lock(&self.loaded);
+            loaded
+                .entry(digest.clone())
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        cell: OnceCell::new(),
+                        last_used: AtomicU64::new(0),
+                    })
+                })
+                .clone()
+        };
+        slot.last_used.store(self.now(), Ordering::Relaxed);
+        let mut took = None;
+        let result = slot
+            .cell
+            .get_or_init(|| async {
+                let started = Instant::now();
+                let worker = inner.clone();
+                let d = digest.clone();
+                let result = tokio::task::spawn_blocking(move || worker.load_blocking(&d))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("loading task failed: {e}")))
+                    .map(Arc::new);
+                took = Some(started.elapsed());
+                result
+            })
+            .await
+            .clone();
+        match result {
+            Ok(loaded) => {
+                if took.is_some() {
+                    self.enforce_caps();
+                }
+                Ok((loaded, took))
+            }
+            Err(e) => {
+                // Failures are not cached: the next request tries again.
+                let mut loaded = lock(&self.loaded);
+                if loaded.get(digest).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    loaded.remove(digest);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn pinned_digests(&self) -> HashSet<Digest> {
+        lock(&self.pinned).values().cloned().collect()
+    }
+
+    /// Keeps `digest` loaded for the version (or stops keeping it, with `None`).
+    pub(crate) fn pin(&self, key: VersionKey, digest: Option<Digest>) {
+        let mut pinned = lock(&self.pinned);
+        match digest {
+            Some(d) => {
+                pinned.insert(key, d);
+            }
+            None => {
+                pinned.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets a deleted version, or every version of a deleted function.
+    pub(crate) fn release(&self, function: &FunctionName, version: Option<VersionId>) {
+        let gone = |(f, v): &VersionKey| f == function && version.is_none_or(|only| *v == only);
+        lock(&self.pinned).retain(|k, _| !gone(k));
+        lock(&self.versions).retain(|k, _| !gone(k));
+    }
+
+    /// Drops least recently used, unpinned components while over a cap.
+    fn enforce_caps(&self) {
+        let pinned = self.pinned_digests();
+        let mut loaded = lock(&self.loaded);
+        let size = |s: &Slot| match s.cell.get() {
+            Some(Ok(l)) => l.bytes,
+            _ => 0,
+        };
+        let mut count = loaded.len();
+        let mut bytes: usize = loaded.values().map(|s| size(s)).sum();
+        if count <= self.max_loaded && bytes <= self.max_loaded_bytes {
+            return;
+        }
+        let mut candidates: Vec<(u64, Digest)> = loaded
+            .iter()
+            .filter(|(d, s)| !pinned.contains(*d) && s.cell.initialized())
+            .map(|(d, s)| (s.last_used.load(Ordering::Relaxed), d.clone()))
+            .collect();
+        candidates.sort();
+        for (_, digest) in candidates {
+            if count <= self.max_loaded && bytes <= self.max_loaded_bytes {
+                break;
+            }
+            if let Some(slot) = loaded.remove(&digest) {
+                count -= 1;
+                bytes -= size(&slot);
+                tracing::debug!(%digest, "unloaded a component over the loaded-set cap");
+            }
+        }
+    }
+
+    /// Unloads idle components and instances, and forgets idle versions.
+    pub(crate) fn sweep(&self) {
+        let now = self.now();
+        let idle = |t: u64| now.saturating_sub(t) >= self.idle_ms;
+        let pinned = self.pinned_digests();
+        lock(&self.loaded).retain(|digest, slot| {
+            pinned.contains(digest)
+                || !slot.cell.initialized()
+                || !idle(slot.last_used.load(Ordering::Relaxed))
+        });
+        lock(&self.versions).retain(|_, state| {
+            lock(&state.idle).retain(|(_, since)| !idle(*since));
+            let busy = state.in_use() > 0
+                || state.queued.load(Ordering::Relaxed) > 0
+                || !lock(&state.idle).is_empty();
+            busy || !idle(state.last_used.load(Ordering::Relaxed))
+        });
+    }
+
+    pub(crate) fn snapshot(&self) -> RuntimeSnapshot {
+        let (loaded_components, loaded_bytes) = {
+            let loaded = lock(&self.loaded);
+            let ready = loaded.values().filter_map(|s| match s.cell.get() {
+                Some(Ok(l)) => Some(l.bytes as u64),
+                _ => None,
+            });
+            ready.fold((0, 0), |(n, b), x| (n + 1, b + x))
+        };
+        let mut versions: Vec<VersionGauges> = lock(&self.versions)
+            .iter()
+            .map(|((function, version), s)| VersionGauges {
+                function: function.clone(),
+                version: *version,
+                in_use: s.in_use(),
+                queued: s.queued.load(Ordering::Relaxed),
+            })
+            .collect();
+        versions.sort_by(|a, b| (&a.function, a.version).cmp(&(&b.function, b.version)));
+        let used_mib = self.max_memory_mib as u64 - self.memory_mib.available_permits() as u64;
+        RuntimeSnapshot {
+            loaded_components,
+            loaded_bytes,
+            instances: self.max_instances as u64 - self.instances.available_permits() as u64,
+            instance_memory_bytes: used_mib * 1024 * 1024,
+            versions,
+        }
+    }
+}
+
+fn new_state(limit: u32) -> Arc<VersionState> {
+    Arc::new(VersionState {
+        limit,
+        permits: Arc::new(Semaphore::new(limit as usize)),
+        queued: AtomicU64::new(0),
+        idle: Mutex::new(Vec::new()),
+        last_used: AtomicU64::new(0),
+    })
+}
+
+/// Sweeps idle state on an interval derived from the idle timeout.
+pub(crate) fn start_sweeper(inner: Weak<Inner>) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let every =
+        (strong.config.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    drop(strong);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match inner.upgrade() {
+                Some(inner) => inner.pool.sweep(),
+                None => return,
+            }
+        }
+    });
+}
