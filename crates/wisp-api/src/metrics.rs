@@ -91,6 +91,28 @@ const INIT_BOUNDS_NS: [u64; 17] = [
     u64::MAX,
 ];
 
+/// Upper bounds of `wisp_instantiate_duration_seconds`, in nanoseconds: 1 µs
+/// to 100 ms; `u64::MAX` is the `+Inf` bucket.
+const INSTANTIATE_BOUNDS_NS: [u64; 17] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    MS,
+    5 * MS / 2,
+    5 * MS,
+    10 * MS,
+    25 * MS,
+    50 * MS,
+    100 * MS,
+    u64::MAX,
+];
+
 /// Values of the `reason` label of `wisp_invocation_failures_total`.
 const REASONS: [&str; 5] = [
     "trap",
@@ -168,6 +190,7 @@ struct VersionMetrics {
     responses: [AtomicU64; STATUS_CLASSES.len()],
     duration: Histogram<{ INVOKE_BOUNDS_NS.len() }>,
     init: Histogram<{ INIT_BOUNDS_NS.len() }>,
+    instantiate: Histogram<{ INSTANTIATE_BOUNDS_NS.len() }>,
 }
 
 impl Default for VersionMetrics {
@@ -180,6 +203,7 @@ impl Default for VersionMetrics {
             responses: Default::default(),
             duration: Histogram::new(&INVOKE_BOUNDS_NS),
             init: Histogram::new(&INIT_BOUNDS_NS),
+            instantiate: Histogram::new(&INSTANTIATE_BOUNDS_NS),
         }
     }
 }
@@ -193,6 +217,9 @@ impl VersionMetrics {
             if let Some(init) = r.init_duration {
                 self.init.observe(init);
             }
+        }
+        if let Some(d) = r.instantiate_duration {
+            self.instantiate.observe(d);
         }
         match &r.outcome {
             InvocationOutcome::Failed(e) => match failure_reason(e) {
@@ -538,6 +565,12 @@ impl Collector for Scrape {
             "Time cold starts spent loading the component into memory.",
             |m| &m.init,
         )?;
+        self.histogram(
+            enc,
+            "wisp_instantiate_duration",
+            "Time spent creating an instance from the loaded component (pooling allocator and copy-on-write memory image), for requests that created one.",
+            |m| &m.instantiate,
+        )?;
         self.per_label_counter(
             enc,
             (
@@ -677,6 +710,8 @@ mod tests {
             duration,
             cold_start: init.is_some(),
             init_duration: init,
+            // A cold start here also created its instance, in 20 µs.
+            instantiate_duration: init.map(|_| Duration::from_micros(20)),
             outcome,
             stdout: LogCapture::default(),
             stderr: LogCapture::default(),
@@ -992,6 +1027,7 @@ mod tests {
             ("faas_coldstarts", "counter"),
             ("faas_invoke_duration_seconds", "histogram"),
             ("faas_init_duration_seconds", "histogram"),
+            ("wisp_instantiate_duration_seconds", "histogram"),
             ("wisp_http_responses", "counter"),
             ("wisp_concurrency_in_use", "gauge"),
             ("wisp_queue_depth", "gauge"),

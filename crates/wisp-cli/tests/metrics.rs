@@ -173,6 +173,8 @@ async fn metrics_count_invocations_failures_and_cold_starts() {
         assert_eq!(v("faas_init_duration_seconds_count", f), 1.0, "{f}: {text}");
     }
     assert_eq!(v("faas_invoke_duration_seconds_count", "hello"), 3.0);
+    // A fresh instance per request: three instantiations for three requests.
+    assert_eq!(v("wisp_instantiate_duration_seconds_count", "hello"), 3.0);
     assert_eq!(v("faas_invoke_duration_seconds_count", "panic"), 2.0);
     let inf = m.get(
         "faas_invoke_duration_seconds_bucket",

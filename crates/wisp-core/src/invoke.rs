@@ -173,6 +173,9 @@ pub struct InvocationRecord {
     pub cold_start: bool,
     /// How long loading took, for cold starts.
     pub init_duration: Option<Duration>,
+    /// How long creating the instance took, when this request created one
+    /// (not for a reused instance, nor for a request refused before).
+    pub instantiate_duration: Option<Duration>,
     /// How it ended.
     pub outcome: InvocationOutcome,
     /// Captured stdout.

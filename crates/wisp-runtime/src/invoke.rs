@@ -33,6 +33,7 @@ struct Pending {
     started: Instant,
     started_at: chrono::DateTime<chrono::Utc>,
     init_duration: Option<Duration>,
+    instantiate_duration: Option<Duration>,
 }
 
 impl Pending {
@@ -51,6 +52,7 @@ impl Pending {
             duration: self.started.elapsed(),
             cold_start: self.init_duration.is_some(),
             init_duration: self.init_duration,
+            instantiate_duration: self.instantiate_duration,
             outcome,
             stdout,
             stderr,
@@ -167,6 +169,7 @@ impl Inner {
             started: Instant::now(),
             started_at: chrono::Utc::now(),
             init_duration: None,
+            instantiate_duration: None,
         };
         let config = &deployment.config;
         let timeout = Duration::from_millis(config.timeout_ms);
@@ -249,9 +252,12 @@ impl Inner {
         let task = tokio::spawn(async move {
             let result = {
                 let LiveInstance { store, proxy, .. } = &mut instance;
+                let instantiated = &mut pending.instantiate_duration;
                 let run = async {
                     if proxy.is_none() {
+                        let started = Instant::now();
                         *proxy = Some(pre.instantiate_async(&mut *store).await?);
+                        *instantiated = Some(started.elapsed());
                     }
                     let proxy = proxy.as_ref().expect("instantiated above");
                     proxy

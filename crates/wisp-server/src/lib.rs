@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub queue_depth: u32,
     /// Longest wait for a slot before a 429.
     pub queue_timeout: Duration,
+    /// KiB of each freed instance memory kept resident and reset in place.
+    pub keep_resident_kib: usize,
     /// Largest request body forwarded to a function.
     pub max_invoke_body: usize,
     /// Require the bearer token even on a loopback address.
@@ -99,6 +101,7 @@ impl ServerConfig {
             max_loaded_mib: defaults.max_loaded_bytes >> 20,
             queue_depth: defaults.queue_depth,
             queue_timeout: defaults.queue_timeout,
+            keep_resident_kib: defaults.keep_resident_bytes >> 10,
             max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
             require_token: false,
             cache_dir: None,
@@ -202,6 +205,7 @@ pub async fn run(
     runtime_config.max_loaded_bytes = config.max_loaded_mib << 20;
     runtime_config.queue_depth = config.queue_depth;
     runtime_config.queue_timeout = config.queue_timeout;
+    runtime_config.keep_resident_bytes = config.keep_resident_kib << 10;
     let runtime = wisp_runtime::Runtime::new(runtime_config, artifacts.clone(), telemetry.clone())?;
 
     // Versions with min_instances are loaded before their first request.
