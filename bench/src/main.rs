@@ -1,208 +1,300 @@
 //! Wisp's benchmark harness. Run from the repository root:
 //!
 //! ```sh
-//! cargo run --release -p wisp-bench
+//! cargo run --release -p wisp-bench                       # every section
+//! cargo run --release -p wisp-bench -- throughput cold    # some sections
+//! cargo run --release -p wisp-bench -- --quick            # smaller counts, shorter points
 //! ```
 //!
-//! It builds the release `wisp` binary and the examples, runs real servers on
-//! loopback, and writes `bench/results/latest.json` and the tables in
-//! `docs/benchmarks.md`. Every figure is measured in the same run as its
-//! baseline; nothing here is part of the test suite.
+//! It builds the release `wisp` binary, the examples and the hyper
+//! baseline, installs its load generator (`oha`, else `wrk`) and `wasmtime
+//! serve` (pinned to the wasmtime Wisp links) into a cache outside the
+//! repository, runs real servers on loopback only, and writes
+//! `bench/results/latest.json` and `docs/benchmarks.md`. Every figure is
+//! measured in the same run as its baseline; nothing here is part of the
+//! test suite.
+//!
+//! Sections: `throughput` ([`baselines`]), `cold` ([`cold`]), `density`
+//! ([`density`]), `burst` ([`burst`]).
+
+mod baselines;
+mod burst;
+mod cold;
+mod density;
+mod load;
+mod report;
+mod tools;
+mod util;
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
-use wisp_testkit::{Api, Server, example_bytes, repo_root};
+use std::time::{Duration, Instant};
+use util::progress;
+use wisp_testkit::{Server, example, example_bytes, repo_root};
 
-/// Distinct functions measured for cold starts.
-const FUNCTIONS: usize = 100;
+/// The sections, in the order they run.
+const SECTIONS: [&str; 4] = ["throughput", "cold", "burst", "density"];
 
-/// A component with the same code but a different digest: an extra custom
-/// section (id 0) appended to the binary, which components allow anywhere
-/// between sections.
-fn variant(base: &[u8], n: usize) -> Vec<u8> {
-    let name = b"wisp-bench";
-    let payload = n.to_le_bytes();
-    let mut section = Vec::new();
-    leb128(&mut section, name.len() as u64);
-    section.extend_from_slice(name);
-    section.extend_from_slice(&payload);
-    let mut out = base.to_vec();
-    out.push(0);
-    leb128(&mut out, section.len() as u64);
-    out.extend_from_slice(&section);
-    out
+const USAGE: &str =
+    "usage: cargo run --release -p wisp-bench -- [--quick] [--wisp-bin PATH] [SECTION...]
+
+Sections (default: all): throughput, cold, burst, density.
+  --quick          smaller counts and 3 s load points, for development
+  --wisp-bin PATH  use this `wisp` binary instead of building the release one
+Environment: WISP_BENCH_CACHE (tool cache, default ~/.cache/wisp-bench);\nWISP_BENCH_LOADGEN=wrk (use wrk even when oha is installed);\nWISP_BENCH_NO_INSTALL=1 (install nothing, use the tools already there);\nWISP_BENCH_WASMTIME=PATH (this wasmtime 48.0.8 for `wasmtime serve`).";
+
+/// What the server under test supports, found by asking it.
+#[derive(Debug, Default, Clone)]
+pub struct Caps {
+    /// The function-spec field for instance reuse, if any.
+    pub reuse_field: Option<String>,
+    /// Whether `wisp server` has `--idle-timeout`.
+    pub idle_timeout_flag: bool,
 }
 
-fn leb128(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
+/// Everything the sections share.
+pub struct Ctx {
+    /// The `wisp` binary.
+    pub wisp: PathBuf,
+    /// The hyper baseline binary.
+    pub hyper_baseline: PathBuf,
+    /// The `hello` component.
+    pub hello: Vec<u8>,
+    /// Its path.
+    pub hello_path: PathBuf,
+    /// The load generator, if one could be had.
+    pub load: Option<tools::LoadGen>,
+    /// `wasmtime` for `wasmtime serve`, or why not.
+    pub wasmtime: Result<PathBuf, String>,
+    /// Smaller counts.
+    pub quick: bool,
+    /// What the server supports.
+    pub caps: Caps,
+}
+
+impl Ctx {
+    /// How long each load point runs.
+    pub fn point_duration(&self) -> Duration {
+        Duration::from_secs(if self.quick { 3 } else { 10 })
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// Asks the server what it supports: `wisp server --help` for
+/// `--idle-timeout`, and the OpenAPI document for the instance-reuse field
+/// (`max_requests_per_instance`, or anything with `reuse` in its name).
+async fn probe_caps(wisp: &PathBuf) -> Caps {
+    let help = Command::new(wisp)
+        .args(["server", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let server = Server::start(wisp);
+    let doc: Value = match reqwest::get(server.at("/v1/openapi.json")).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    let props = doc["components"]["schemas"]["FunctionInput"]["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let reuse_field = props
+        .keys()
+        .find(|k| k.as_str() == "max_requests_per_instance")
+        .or_else(|| props.keys().find(|k| k.contains("reuse")))
+        .cloned();
+    Caps {
+        reuse_field,
+        idle_timeout_flag: help.contains("--idle-timeout"),
+    }
 }
 
-fn summary(mut samples: Vec<f64>) -> Value {
-    samples.sort_by(f64::total_cmp);
-    json!({
-        "n": samples.len(),
-        "p50_ms": percentile(&samples, 50.0),
-        "p99_ms": percentile(&samples, 99.0),
-        "max_ms": samples.last().copied().unwrap_or(0.0),
-    })
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(repo_root());
+    c
 }
 
-fn release_wisp() -> PathBuf {
-    let root = repo_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "wisp-cli"])
-        .current_dir(&root)
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "building the release binary failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("release/wisp")
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// Times one GET on a fresh connection, in milliseconds.
-async fn time_get(http: &reqwest::Client, url: &str) -> f64 {
-    let started = Instant::now();
-    let res = http.get(url).send().await.expect("request");
-    assert_eq!(res.status(), 200, "{url}");
-    res.bytes().await.expect("body");
-    started.elapsed().as_secs_f64() * 1000.0
+fn build(args: &[&str], what: &str) {
+    let status = cargo().args(args).status().expect("running cargo");
+    assert!(status.success(), "building {what} failed");
 }
 
-/// First request after deploy, after a restart, and warm, over
-/// `FUNCTIONS` distinct components.
-async fn cold_starts(bin: &Path) -> Value {
-    let data = std::env::temp_dir().join(format!("wisp-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).unwrap();
-    let mut server = Server::start_in(bin, &data, &[]);
-    let api = Api::new(&server);
-    let base = example_bytes("hello");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+struct Args {
+    sections: Vec<String>,
+    quick: bool,
+    wisp_bin: Option<PathBuf>,
+}
 
-    let mut after_deploy = Vec::new();
-    let mut deploy_to_first_response = Vec::new();
-    for n in 0..FUNCTIONS {
-        let started = Instant::now();
-        let digest = api.upload(variant(&base, n)).await;
-        let (status, _) = api
-            .send(
-                reqwest::Method::PUT,
-                &format!("/v1/functions/f{n}"),
-                Some(json!({"code_digest": digest})),
-            )
-            .await;
-        assert!(status.is_success());
-        after_deploy.push(time_get(&http, &server.at(&format!("/fn/f{n}"))).await);
-        deploy_to_first_response.push(started.elapsed().as_secs_f64() * 1000.0);
+fn parse_args() -> Args {
+    let mut args = Args {
+        sections: Vec::new(),
+        quick: false,
+        wisp_bin: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--wisp-bin" => args.wisp_bin = it.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if SECTIONS.contains(&s) => args.sections.push(s.to_string()),
+            "all" => args.sections.extend(SECTIONS.iter().map(|s| s.to_string())),
+            other => {
+                eprintln!("unknown argument {other:?}\n\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
     }
-    let mut warm = Vec::new();
-    for n in 0..FUNCTIONS {
-        warm.push(time_get(&http, &server.at(&format!("/fn/f{n}"))).await);
+    if args.sections.is_empty() {
+        args.sections = SECTIONS.iter().map(|s| s.to_string()).collect();
     }
-
-    server.restart_after_kill9();
-    let mut after_restart = Vec::new();
-    for n in 0..FUNCTIONS {
-        after_restart.push(time_get(&http, &server.at(&format!("/fn/f{n}"))).await);
-    }
-    drop(server);
-    let _ = std::fs::remove_dir_all(&data);
-    json!({
-        "functions": FUNCTIONS,
-        "first_request_after_deploy": summary(after_deploy),
-        "deploy_to_first_response": summary(deploy_to_first_response),
-        "first_request_after_restart": summary(after_restart),
-        "warm_request": summary(warm),
-    })
+    args
 }
 
-fn row(label: &str, v: &Value) -> String {
-    format!(
-        "| {label} | {:.2} | {:.2} | {:.2} |\n",
-        v["p50_ms"].as_f64().unwrap(),
-        v["p99_ms"].as_f64().unwrap(),
-        v["max_ms"].as_f64().unwrap()
-    )
-}
-
-fn write_report(results: &Value) {
-    let root = repo_root();
-    let dir = root.join("bench/results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("latest.json"),
-        serde_json::to_string_pretty(results).unwrap(),
-    )
-    .unwrap();
-
-    let c = &results["cold_starts"];
-    let mut md = String::new();
-    md.push_str("# Benchmarks\n\n");
-    md.push_str("Written by `cargo run --release -p wisp-bench` (raw figures in `bench/results/latest.json`).\n");
-    md.push_str("Every figure comes from one run on one machine; compare figures within a run, not across machines.\n\n");
-    md.push_str(&format!(
-        "Run: {} on {} cores.\n\n",
-        results["date"].as_str().unwrap(),
-        results["cores"]
-    ));
-    md.push_str(&format!(
-        "## Cold starts\n\n{} distinct functions (the `hello` example with a unique custom section each, so every one has its own digest and compiled artifact). \
-         Each figure is one HTTP GET on a new loopback connection, timed by the client, in milliseconds.\n\n",
-        c["functions"]
-    ));
-    md.push_str("| case | p50 | p99 | max |\n|---|---|---|---|\n");
-    md.push_str(&row(
-        "first request after deploy (component loaded from the compiled cache)",
-        &c["first_request_after_deploy"],
-    ));
-    md.push_str(&row(
-        "first request after a kill -9 and restart (compiled artifact on disk, no recompile)",
-        &c["first_request_after_restart"],
-    ));
-    md.push_str(&row(
-        "warm request (component in memory, fresh instance)",
-        &c["warm_request"],
-    ));
-    md.push_str(&row(
-        "deploy to first response (upload + validate + compile + create + first request)",
-        &c["deploy_to_first_response"],
-    ));
-    md.push('\n');
-    std::fs::write(root.join("docs/benchmarks.md"), md).unwrap();
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default()
 }
 
 fn main() {
-    let bin = release_wisp();
+    let args = parse_args();
+    let started = Instant::now();
+    util::remove_stale_dirs();
+    let wisp = match args.wisp_bin.clone() {
+        Some(p) => p,
+        None => {
+            progress("building the release wisp binary");
+            build(
+                &["build", "--release", "-p", "wisp-cli"],
+                "the release binary",
+            );
+            target_dir().join("release/wisp")
+        }
+    };
+    progress("building the hyper baseline");
+    let hyper_baseline = target_dir().join("release/hyper-baseline");
+    let built = cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "wisp-bench",
+            "--bin",
+            "hyper-baseline",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        assert!(
+            hyper_baseline.is_file(),
+            "building the hyper baseline failed"
+        );
+        progress("building the hyper baseline failed; using the one already built");
+    }
+    let hello_path = example("hello");
+    let hello = example_bytes("hello");
+
+    let wants = |s: &str| args.sections.iter().any(|x| x == s);
+    let (load, wasmtime) = if wants("throughput") {
+        let load = tools::load_generator();
+        progress(format!(
+            "load generator: {}",
+            load.as_ref()
+                .map(|l| l.describe())
+                .unwrap_or_else(|| "none".into())
+        ));
+        (load, tools::wasmtime())
+    } else {
+        (None, Err("throughput section not run".to_string()))
+    };
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let cold = rt.block_on(cold_starts(&bin));
-    let results = json!({
+        .expect("tokio runtime");
+    let caps = rt.block_on(probe_caps(&wisp));
+    progress(format!("server capabilities: {caps:?}"));
+    let ctx = Ctx {
+        wisp,
+        hyper_baseline,
+        hello,
+        hello_path,
+        load,
+        wasmtime,
+        quick: args.quick,
+        caps,
+    };
+
+    let mut results = json!({
         "date": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cold_starts": cold,
+        "cpu": cpu_model(),
+        "quick": args.quick,
+        "sections": args.sections,
+        "wasmtime_serve": match &ctx.wasmtime {
+            Ok(p) => json!({"version": tools::output_of(p, &["--version"]).map(|s| s.trim().to_string())}),
+            Err(e) => json!({"error": e}),
+        },
+        "capabilities": {
+            "instance_reuse_field": ctx.caps.reuse_field,
+            "idle_timeout_flag": ctx.caps.idle_timeout_flag,
+        },
     });
-    write_report(&results);
-    println!("{}", serde_json::to_string_pretty(&results).unwrap());
+    for section in SECTIONS {
+        if !wants(section) {
+            continue;
+        }
+        progress(format!("section {section}"));
+        let t = Instant::now();
+        let v = rt.block_on(async {
+            match section {
+                "throughput" => baselines::run(&ctx).await,
+                "cold" => cold::run(&ctx, !wants("density")).await,
+                "burst" => burst::run(&ctx).await,
+                "density" => density::run(&ctx).await,
+                _ => unreachable!(),
+            }
+        });
+        progress(format!(
+            "section {section} took {:.0} s",
+            t.elapsed().as_secs_f64()
+        ));
+        results[section] = v;
+        // Keep partial results if a later section fails.
+        report::write(&results);
+    }
+    // Start-to-ready with 10,000 functions, measured by density when it ran.
+    if wants("cold")
+        && results["cold"]["start_to_ready"].is_null()
+        && let Some(l) = results["density"]["levels"].get(0)
+        && l["start_to_ready_ms"].is_number()
+    {
+        results["cold"]["start_to_ready"] = json!({
+            "functions": l["deployed_total"],
+            "ms": l["start_to_ready_ms"],
+            "measured_in": "density",
+        });
+    }
+    results["total_seconds"] = json!(started.elapsed().as_secs());
+    report::write(&results);
+    progress(format!(
+        "done in {:.0} s: bench/results/latest.json and docs/benchmarks.md",
+        started.elapsed().as_secs_f64()
+    ));
 }

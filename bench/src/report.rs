@@ -1,0 +1,778 @@
+//! Writes `bench/results/latest.json` and regenerates `docs/benchmarks.md`
+//! from it: a header, a summary of issue 3's targets, then one section per
+//! benchmark with its targets beside the measured figures and an analysis
+//! placeholder under every missed target.
+
+use crate::baselines::{CONCURRENCY, point};
+use serde_json::Value;
+use std::fmt::Write as _;
+use wisp_testkit::repo_root;
+
+/// Writes the JSON and the markdown.
+pub fn write(results: &Value) {
+    let root = repo_root();
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir).expect("creating bench/results");
+    std::fs::write(
+        dir.join("latest.json"),
+        serde_json::to_string_pretty(results).expect("JSON") + "\n",
+    )
+    .expect("writing latest.json");
+    std::fs::write(root.join("docs/benchmarks.md"), markdown(results))
+        .expect("writing docs/benchmarks.md");
+}
+
+/// A number with `d` decimals, or a dash.
+fn num(v: &Value, d: usize) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.d$}"),
+        _ => "–".into(),
+    }
+}
+
+/// A whole number with thousands separators (`10,000`), or a dash.
+fn int(v: &Value) -> String {
+    let Some(n) = v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)) else {
+        return "–".into();
+    };
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One of issue 3's targets, checked against this run.
+struct Check {
+    section: &'static str,
+    what: String,
+    target: String,
+    measured: String,
+    /// `None` when it could not be measured in this run.
+    met: Option<bool>,
+    /// Why it was not measured, or the gap when missed.
+    note: String,
+}
+
+impl Check {
+    fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        }
+    }
+}
+
+fn f(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite())
+}
+
+fn checks(r: &Value) -> Vec<Check> {
+    let mut out = Vec::new();
+    let t = &r["throughput"];
+    let ran = |s: &str| {
+        r["sections"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == s))
+    };
+
+    // Throughput at c=32 against wasmtime serve, and CPU per request.
+    if ran("throughput") {
+        let w32 = point(t, "wisp", 32);
+        let wt32 = point(t, "wasmtime_serve", 32);
+        let h32 = point(t, "hyper", 32);
+        let (wr, tr) = (
+            w32.and_then(|p| f(&p["rps"])),
+            wt32.and_then(|p| f(&p["rps"])),
+        );
+        out.push(match (wr, tr) {
+            (Some(w), Some(x)) if x > 0.0 => Check {
+                section: "throughput",
+                what: "hello throughput at c=32, fresh instance per request".into(),
+                target: "≥ 2.5× wasmtime serve".into(),
+                measured: format!("{:.2}× ({w:.0} vs {x:.0} rps)", w / x),
+                met: Some(w / x >= 2.5),
+                note: format!(
+                    "needs {:.0} rps, {:.0} short",
+                    2.5 * x,
+                    (2.5 * x - w).max(0.0)
+                ),
+            },
+            _ => Check {
+                section: "throughput",
+                what: "hello throughput at c=32, fresh instance per request".into(),
+                target: "≥ 2.5× wasmtime serve".into(),
+                measured: "–".into(),
+                met: None,
+                note: t["targets"]["wasmtime_serve"]["error"]
+                    .as_str()
+                    .or(t["targets"]["wisp"]["error"].as_str())
+                    .unwrap_or("a figure is missing")
+                    .into(),
+            },
+        });
+        let cpu = w32.and_then(|p| f(&p["cpu_us_per_req"]));
+        out.push(Check {
+            section: "throughput",
+            what: "server CPU per request at c=32 (Wisp)".into(),
+            target: "≤ 40 µs".into(),
+            measured: cpu.map(|c| format!("{c:.1} µs")).unwrap_or("–".into()),
+            met: cpu.map(|c| c <= 40.0),
+            note: cpu
+                .map(|c| format!("{:.1} µs over", c - 40.0))
+                .unwrap_or_else(|| "no CPU reading".into()),
+        });
+        let reuse = point(t, "wisp_reuse", 32).and_then(|p| f(&p["rps"]));
+        let hr = h32.and_then(|p| f(&p["rps"]));
+        out.push(match (reuse, hr) {
+            (Some(w), Some(h)) if h > 0.0 => Check {
+                section: "throughput",
+                what: "hello throughput at c=32 with instance reuse".into(),
+                target: "≥ 0.6× raw hyper".into(),
+                measured: format!("{:.2}× ({w:.0} vs {h:.0} rps)", w / h),
+                met: Some(w / h >= 0.6),
+                note: format!(
+                    "needs {:.0} rps, {:.0} short",
+                    0.6 * h,
+                    (0.6 * h - w).max(0.0)
+                ),
+            },
+            _ => Check {
+                section: "throughput",
+                what: "hello throughput at c=32 with instance reuse".into(),
+                target: "≥ 0.6× raw hyper".into(),
+                measured: "–".into(),
+                met: None,
+                note: t["targets"]["wisp_reuse"]["error"]
+                    .as_str()
+                    .unwrap_or("a figure is missing")
+                    .into(),
+            },
+        });
+        let added = f(&t["added_p50_us_c1"]);
+        out.push(Check {
+            section: "throughput",
+            what: "added p50 latency at c=1 (Wisp − hyper)".into(),
+            target: "≤ 30 µs".into(),
+            measured: added.map(|a| format!("{a:.0} µs")).unwrap_or("–".into()),
+            met: added.map(|a| a <= 30.0),
+            note: added
+                .map(|a| format!("{:.0} µs over", a - 30.0))
+                .unwrap_or_else(|| "a figure is missing".into()),
+        });
+        let w256 = point(t, "wisp", 256);
+        let p99 = w256.and_then(|p| f(&p["p99_ms"]));
+        let errs = w256.and_then(|p| p["errors"].as_u64());
+        out.push(Check {
+            section: "throughput",
+            what: "Wisp p99 at c=256, and errors".into(),
+            target: "≤ 5 ms, 0 errors".into(),
+            measured: match (p99, errs) {
+                (Some(p), Some(e)) => format!("{p:.2} ms, {e} errors"),
+                _ => "–".into(),
+            },
+            met: match (p99, errs) {
+                (Some(p), Some(e)) => Some(p <= 5.0 && e == 0),
+                _ => None,
+            },
+            note: match (p99, errs) {
+                (Some(p), Some(e)) => {
+                    format!("p99 {:.2} ms over 5 ms; {e} errors", (p - 5.0).max(0.0))
+                }
+                _ => "a figure is missing".into(),
+            },
+        });
+        let wp = f(&t["targets"]["wisp"]["peak_rss_mib"]);
+        let tp = f(&t["targets"]["wasmtime_serve"]["peak_rss_mib"]);
+        out.push(Check {
+            section: "throughput",
+            what: "peak RSS with one function under load".into(),
+            target: "≤ wasmtime serve's".into(),
+            measured: match (wp, tp) {
+                (Some(w), Some(x)) => format!("{w:.0} MiB vs {x:.0} MiB"),
+                _ => "–".into(),
+            },
+            met: match (wp, tp) {
+                (Some(w), Some(x)) => Some(w <= x),
+                _ => None,
+            },
+            note: match (wp, tp) {
+                (Some(w), Some(x)) => format!("{:.0} MiB over", w - x),
+                _ => "a figure is missing".into(),
+            },
+        });
+    }
+
+    if ran("cold") {
+        let c = &r["cold"];
+        let p99 = f(&c["first_request_after_restart"]["p99_ms"]);
+        out.push(Check {
+            section: "cold",
+            what: "first request after a restart, p99".into(),
+            target: "≤ 2 ms".into(),
+            measured: p99.map(|v| format!("{v:.2} ms")).unwrap_or("–".into()),
+            met: p99.map(|v| v <= 2.0),
+            note: p99
+                .map(|v| format!("{:.2} ms over", v - 2.0))
+                .unwrap_or_default(),
+        });
+        let ready = f(&c["start_to_ready"]["ms"]);
+        let n = c["start_to_ready"]["functions"].as_u64().unwrap_or(0);
+        out.push(Check {
+            section: "cold",
+            what: format!("start-to-ready with {} functions deployed", int(&n.into())),
+            target: "≤ 1 s (with 10,000)".into(),
+            measured: ready.map(|v| format!("{v:.0} ms")).unwrap_or("–".into()),
+            met: ready
+                .map(|v| v <= 1000.0 && n >= 10_000)
+                .filter(|_| n >= 10_000)
+                .or(
+                    // A quick run measures fewer functions: not the target.
+                    None,
+                ),
+            note: if n < 10_000 {
+                format!("measured with {n} functions only (quick run or budget)")
+            } else {
+                ready
+                    .map(|v| format!("{:.0} ms over", v - 1000.0))
+                    .unwrap_or_default()
+            },
+        });
+        let d = f(&c["deploy_to_first_response"]["p50_ms"]);
+        out.push(Check {
+            section: "cold",
+            what: "deploy to first response for hello (p50)".into(),
+            target: "≤ 300 ms".into(),
+            measured: d.map(|v| format!("{v:.0} ms")).unwrap_or("–".into()),
+            met: d.map(|v| v <= 300.0),
+            note: d
+                .map(|v| format!("{:.0} ms over", v - 300.0))
+                .unwrap_or_default(),
+        });
+    }
+
+    if ran("burst") {
+        let b = &r["burst"];
+        let errs = b["after_deploy"]["errors"]
+            .as_u64()
+            .zip(b["after_restart"]["errors"].as_u64())
+            .map(|(a, c)| a + c);
+        out.push(Check {
+            section: "burst",
+            what: "256 concurrent requests on a cold function: errors".into(),
+            target: "0".into(),
+            measured: errs.map(|e| e.to_string()).unwrap_or("–".into()),
+            met: errs.map(|e| e == 0),
+            note: errs.map(|e| format!("{e} errors")).unwrap_or_default(),
+        });
+    }
+
+    if ran("density") {
+        let level = r["density"]["levels"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["functions"].as_u64() == Some(100_000)));
+        let (measured, met, note) = match level {
+            Some(l) if l["skipped"].is_string() => (
+                "–".into(),
+                None,
+                l["skipped"].as_str().unwrap_or_default().to_string(),
+            ),
+            Some(l) => {
+                let rss = f(&l["rss_idle_after_deploy_mib"]);
+                let n = l["deployed_total"].as_u64().unwrap_or(0);
+                match rss {
+                    Some(v) if n >= 100_000 => (
+                        format!("{v:.0} MiB"),
+                        Some(v <= 1024.0),
+                        format!("{:.0} MiB over", v - 1024.0),
+                    ),
+                    Some(v) => (
+                        format!("{v:.0} MiB with {n} functions"),
+                        None,
+                        format!("only {n} functions were deployed within the time budget"),
+                    ),
+                    None => ("–".into(), None, "no RSS reading".into()),
+                }
+            }
+            None => (
+                "–".into(),
+                None,
+                "a quick run deploys 1,000 functions only".into(),
+            ),
+        };
+        out.push(Check {
+            section: "density",
+            what: "100,000 idle deployed functions, server RSS".into(),
+            target: "≤ 1 GiB".into(),
+            measured,
+            met,
+            note,
+        });
+    }
+    out
+}
+
+fn targets_table(md: &mut String, checks: &[Check], section: &str) {
+    let mine: Vec<&Check> = checks.iter().filter(|c| c.section == section).collect();
+    if mine.is_empty() {
+        return;
+    }
+    md.push_str(
+        "Targets (issue 3):\n\n| target | goal | measured | verdict |\n|---|---|---|---|\n",
+    );
+    for c in &mine {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.what,
+            c.target,
+            c.measured,
+            c.verdict()
+        );
+    }
+    md.push('\n');
+    let missed: Vec<&&Check> = mine.iter().filter(|c| c.met == Some(false)).collect();
+    if !missed.is_empty() {
+        md.push_str("> **Analysis (placeholder, to be written):** missed in this run:\n");
+        for c in &missed {
+            let _ = writeln!(
+                md,
+                "> - {}: measured {}, goal {} ({}).",
+                c.what, c.measured, c.target, c.note
+            );
+        }
+        md.push_str(">\n> Profile (`perf` or callgrind): _to do_. Next step: _to do_.\n\n");
+    }
+    for c in mine.iter().filter(|c| c.met.is_none()) {
+        let _ = writeln!(md, "Not measured: {}: {}.\n", c.what, c.note);
+    }
+}
+
+fn label(key: &str) -> &'static str {
+    match key {
+        "hyper" => "hyper (plain server)",
+        "wasmtime_serve" => "wasmtime serve",
+        "wasmtime_serve_reuse" => "wasmtime serve, instance reuse",
+        "wisp" => "Wisp `/fn/hello`",
+        "wisp_reuse" => "Wisp, instance reuse",
+        _ => "?",
+    }
+}
+
+fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
+    let t = &r["throughput"];
+    md.push_str("## Warm throughput and latency\n\n");
+    if let Some(s) = t["skipped"].as_str() {
+        let _ = writeln!(md, "Not run: {s}.\n");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "`hello` (`Hello from Wisp!\\n`, `text/plain`) on every server, loaded by {} for {} s per point over keep-alive \
+         connections on 127.0.0.1, after a 1 s warm-up. The load generator shares the two cores with the server. \
+         \"× hyper\" is requests per second relative to the hyper baseline at the same concurrency. Server CPU is \
+         the server process's user + system time (`/proc/<pid>/stat`) over the point, divided by the requests \
+         served. `wasmtime serve` runs the same `hello.wasm` as `wasmtime serve --addr 127.0.0.1:PORT -Scli \
+         hello.wasm` (`-Scli` because the guest imports `wasi:cli`; otherwise its defaults, which use the \
+         pooling allocator where the machine allows it). Wisp's `hello` is deployed with \
+         `max_concurrency: 1000` so that c=256 measures speed rather than the default admission limit of \
+         100. All servers are started and warmed up first, then the points run interleaved (c=1 on each \
+         server, then c=32, then c=256) so that background load on the shared machine hits them alike.\n",
+        t["load_generator"].as_str().unwrap_or("?"),
+        num(&t["seconds_per_point"], 0)
+    );
+    md.push_str("| server | c | rps | × hyper | p50 ms | p99 ms | errors | server CPU µs/req |\n|---|---|---|---|---|---|---|---|\n");
+    for key in [
+        "hyper",
+        "wasmtime_serve",
+        "wasmtime_serve_reuse",
+        "wisp",
+        "wisp_reuse",
+    ] {
+        let target = &t["targets"][key];
+        if let Some(e) = target["error"].as_str() {
+            let _ = writeln!(md, "| {} | | not measured: {e} | | | | | |", label(key));
+            continue;
+        }
+        for c in CONCURRENCY {
+            let Some(p) = point(t, key, c) else { continue };
+            let _ = writeln!(
+                md,
+                "| {} | {c} | {} | {} | {} | {} | {} | {} |",
+                label(key),
+                num(&p["rps"], 0),
+                num(&t["rps_ratio_to_hyper"][key][format!("c{c}")], 3),
+                num(&p["p50_ms"], 3),
+                num(&p["p99_ms"], 3),
+                p["errors"],
+                num(&p["cpu_us_per_req"], 1),
+            );
+        }
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "Added p50 latency at c=1 (Wisp − hyper): {} µs. Wisp ÷ wasmtime serve at c=32: {}×.\n",
+        num(&t["added_p50_us_c1"], 0),
+        num(&t["wisp_over_wasmtime_serve_c32"], 2)
+    );
+    md.push_str("Peak RSS (`VmHWM`) of each server after all its load points:\n\n| server | peak RSS MiB |\n|---|---|\n");
+    for key in [
+        "hyper",
+        "wasmtime_serve",
+        "wasmtime_serve_reuse",
+        "wisp",
+        "wisp_reuse",
+    ] {
+        if t["targets"][key]["error"].is_null() {
+            let _ = writeln!(
+                md,
+                "| {} | {} |",
+                label(key),
+                num(&t["targets"][key]["peak_rss_mib"], 1)
+            );
+        }
+    }
+    md.push('\n');
+    if let Some(flags) = t["targets"]["wasmtime_serve_reuse"]["flags"].as_array() {
+        let flags: Vec<&str> = flags.iter().filter_map(|f| f.as_str()).collect();
+        let _ = writeln!(
+            md,
+            "wasmtime serve with instance reuse ran with `{}`.\n",
+            flags.join(" ")
+        );
+    }
+    if let Some(cfg) = t["targets"]["wisp_reuse"]["config"].as_object() {
+        let _ = writeln!(
+            md,
+            "Wisp with instance reuse ran with spec `{}`.\n",
+            Value::Object(cfg.clone())
+        );
+    }
+    targets_table(md, checks, "throughput");
+}
+
+fn ms_row(md: &mut String, label: &str, v: &Value) {
+    let _ = writeln!(
+        md,
+        "| {label} | {} | {} | {} |",
+        num(&v["p50_ms"], 3),
+        num(&v["p99_ms"], 3),
+        num(&v["max_ms"], 3)
+    );
+}
+
+fn cold(md: &mut String, r: &Value, checks: &[Check]) {
+    let c = &r["cold"];
+    md.push_str("## Cold starts\n\n");
+    let _ = writeln!(
+        md,
+        "{} distinct functions (the `hello` example with a unique custom section each, so every one has its own \
+         digest and compiled artifact), invoked one at a time. Each request is timed by the client over an \
+         already-open keep-alive connection (a `/v1/health` request opens it first), in milliseconds.\n",
+        c["functions"]
+    );
+    md.push_str("| case | p50 | p99 | max |\n|---|---|---|---|\n");
+    ms_row(
+        md,
+        "first request after deploy (never invoked; component loaded from the compiled cache)",
+        &c["first_request_after_deploy"],
+    );
+    ms_row(
+        md,
+        "first request after a kill -9 and restart (compiled artifact on disk, no recompile)",
+        &c["first_request_after_restart"],
+    );
+    ms_row(
+        md,
+        "warm request (component in memory, fresh instance)",
+        &c["warm_request"],
+    );
+    ms_row(
+        md,
+        "deploy to first response (upload + validate + compile + create + first request)",
+        &c["deploy_to_first_response"],
+    );
+    md.push('\n');
+    md.push_str("Instantiation alone, as the server reports it (`faas_init_duration_seconds` on `GET /metrics`):\n\n");
+    for (label, key) in [
+        ("after deploy", "server_init_duration_after_deploy"),
+        ("after restart", "server_init_duration_after_restart"),
+    ] {
+        let m = &c[key];
+        if m["available"].as_bool() == Some(true) {
+            let _ = writeln!(
+                md,
+                "- {label}: mean {} ms over {} cold starts (p50 ≤ {} ms, p99 ≤ {} ms by histogram bucket).",
+                num(&m["mean_ms"], 3),
+                m["count"],
+                num(&m["p50_bucket_le_ms"], 3),
+                num(&m["p99_bucket_le_ms"], 3)
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "- {label}: n/a: {}.",
+                m["note"].as_str().unwrap_or("not measured")
+            );
+        }
+    }
+    md.push('\n');
+    let s = &c["start_to_ready"];
+    if s.is_object() {
+        let _ = writeln!(
+            md,
+            "Start-to-ready: {} ms from spawning `wisp server` on a data directory holding {} functions until \
+             `/v1/health` answers (measured in the {} section).\n",
+            num(&s["ms"], 0),
+            int(&s["functions"]),
+            s["measured_in"].as_str().unwrap_or("?")
+        );
+    }
+    if c["errors"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            md,
+            "Errors during this section: {} (first: {}).\n",
+            c["errors"], c["first_errors"]
+        );
+    }
+    targets_table(md, checks, "cold");
+}
+
+fn burst(md: &mut String, r: &Value, checks: &[Check]) {
+    let b = &r["burst"];
+    md.push_str("## Burst\n\n");
+    let _ = writeln!(
+        md,
+        "{} GETs released at the same instant, each on its own new connection, at a function that has never \
+         been invoked (just deployed, or deployed before a kill -9 and restart); one trial per function. \
+         \"All served\" is the time from the release until the last response is complete. The functions have \
+         `max_concurrency: 1000`; the last row uses the server's default spec (its default `max_concurrency` and admission queue).\n",
+        b["requests"]
+    );
+    md.push_str("| case | trials | all served p50 ms | all served max ms | request p99 ms | errors |\n|---|---|---|---|---|---|\n");
+    for (label, key) in [
+        ("cold, after deploy", "after_deploy"),
+        ("cold, after restart", "after_restart"),
+    ] {
+        let v = &b[key];
+        let p99 = v["trials"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|x| f(&x["latency"]["p99_ms"]))
+                    .fold(f64::NAN, f64::max)
+            })
+            .map(Value::from)
+            .unwrap_or(Value::Null);
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} |",
+            v["all_served"]["n"],
+            num(&v["all_served"]["p50_ms"], 1),
+            num(&v["all_served"]["max_ms"], 1),
+            num(&p99, 1),
+            v["errors"]
+        );
+    }
+    let d = &b["default_spec"];
+    let _ = writeln!(
+        md,
+        "| default spec, after deploy | 1 | {} | {} | {} | {} (statuses {}) |",
+        num(&d["all_served_ms"], 1),
+        num(&d["all_served_ms"], 1),
+        num(&d["latency"]["p99_ms"], 1),
+        d["errors"],
+        d["status"]
+    );
+    md.push('\n');
+    targets_table(md, checks, "burst");
+}
+
+fn density(md: &mut String, r: &Value, checks: &[Check]) {
+    let d = &r["density"];
+    md.push_str("## Density\n\n");
+    let _ = writeln!(
+        md,
+        "Distinct functions (variants of `hello`, each its own digest) deployed with {} concurrent clients (upload \
+         + `PUT`). Compiling 100,000 components would take hours here and about 45 GB of compiled code, so the \
+         server compiles the first functions of the run (rate \"compiled\") and, for the rest, the harness \
+         pre-seeds the server's compiled-code cache with a hard link to one compiled hello under the variant's \
+         digest (rate \"cached\": upload, hashing, loading and link-checking the cached code, and the metadata \
+         commit, without Cranelift). RSS is the server's `VmRSS`: idle after deploying, idle after a restart \
+         (nothing loaded), after invoking every function once ({} clients), and after the idle unload. \
+         Start-to-ready is from spawning `wisp server` on that data directory until `/v1/health` answers. \
+         The server ran with {} (its other limits at their defaults). Free disk before: {} GiB.\n",
+        d["client_concurrency"],
+        d["client_concurrency"],
+        d["server_flags"]
+            .as_str()
+            .filter(|f| !f.is_empty())
+            .map(|f| format!("`{f}`"))
+            .unwrap_or("no extra flags".into()),
+        num(&d["free_disk_gib_before"], 1)
+    );
+    md.push_str("| functions | deploy/s compiled | deploy/s cached | deploy errors | RSS idle after deploy MiB | RSS idle after restart MiB | RSS after invoking each MiB | peak RSS MiB | RSS after idle unload MiB | start-to-ready ms | invoke errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut notes = Vec::new();
+    for l in d["levels"].as_array().cloned().unwrap_or_default() {
+        if let Some(s) = l["skipped"].as_str() {
+            let _ = writeln!(md, "| {} | {s} | | | | | | | | | |", l["functions"]);
+            continue;
+        }
+        let dep = &l["deploy"];
+        let errs = dep["compiled_by_server"]["errors"].as_u64().unwrap_or(0)
+            + dep["pre_seeded"]["errors"].as_u64().unwrap_or(0);
+        let unload = match &l["rss_after_idle_unload_mib"] {
+            Value::String(s) => s.clone(),
+            v => num(v, 0),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {errs} | {} | {} | {} | {} | {unload} | {} | {} |",
+            int(&l["deployed_total"]),
+            num(&dep["compiled_by_server"]["per_second"], 1),
+            num(&dep["pre_seeded"]["per_second"], 1),
+            num(&l["rss_idle_after_deploy_mib"], 0),
+            num(&l["rss_idle_after_restart_mib"], 0),
+            num(&l["rss_after_invoking_each_mib"], 0),
+            num(&l["peak_rss_mib"], 0),
+            num(&l["start_to_ready_ms"], 0),
+            l["invoke_each_once"]["errors"],
+        );
+        if let Some(s) = l["invoke_each_once"]["stopped_early"].as_str() {
+            notes.push(format!(
+                "{} functions: invoking each once stopped after {} invocations: {s}.",
+                l["deployed_total"], l["invoke_each_once"]["invoked"]
+            ));
+        }
+        if let Some(e) = l["invoke_each_once"]["first_error"].as_str() {
+            notes.push(format!(
+                "{} functions: first invoke error: {e}.",
+                l["deployed_total"]
+            ));
+        }
+        for k in ["compiled_by_server", "pre_seeded"] {
+            if let Some(e) = dep[k]["first_error"].as_str() {
+                notes.push(format!(
+                    "{} functions: first deploy error: {e}.",
+                    l["deployed_total"]
+                ));
+            }
+            if dep[k]["stopped_by_time_budget"].as_bool() == Some(true) {
+                notes.push(format!(
+                    "{} functions: the deploy stopped at the harness's time budget.",
+                    l["functions"]
+                ));
+            }
+        }
+    }
+    md.push('\n');
+    for n in notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md.push('\n');
+    targets_table(md, checks, "density");
+}
+
+/// The whole `docs/benchmarks.md`.
+pub fn markdown(r: &Value) -> String {
+    let checks = checks(r);
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(
+        "Generated by the benchmark harness in `bench/` from `bench/results/latest.json`; do not edit by hand.\n\n\
+         ```sh\n\
+         cargo run --release -p wisp-bench                                      # everything (about 30 minutes)\n\
+         cargo run --release -p wisp-bench -- throughput cold burst density     # or some sections\n\
+         cargo run --release -p wisp-bench -- --quick                           # smaller counts, 3 s load points\n\
+         ```\n\n\
+         The harness builds the release `wisp`, installs `oha` (or falls back to `wrk`) and `wasmtime-cli` \
+         pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench`, and only ever sends traffic to \
+         127.0.0.1. Every figure below comes from the same run on the same machine, so the ratios between \
+         servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
+         with other work, so expect noise of ±10 % or more.\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "Run: {} on {} cores ({}){}; sections: {}; took {} s. wasmtime serve: {}.\n",
+        r["date"].as_str().unwrap_or("?"),
+        r["cores"],
+        r["cpu"].as_str().unwrap_or("?"),
+        if r["quick"].as_bool() == Some(true) {
+            ", **--quick** (smaller counts, 3 s load points)"
+        } else {
+            ""
+        },
+        r["sections"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        r["total_seconds"],
+        r["wasmtime_serve"]["version"]
+            .as_str()
+            .or(r["wasmtime_serve"]["error"].as_str())
+            .unwrap_or("?"),
+    );
+    md.push_str(
+        "## Targets at a glance\n\n| target | goal | measured | verdict |\n|---|---|---|---|\n",
+    );
+    for c in &checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.what,
+            c.target,
+            c.measured,
+            c.verdict()
+        );
+    }
+    md.push('\n');
+    let ran = |s: &str| {
+        r["sections"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == s))
+            && !r[s].is_null()
+    };
+    if ran("throughput") {
+        throughput(&mut md, r, &checks);
+    }
+    if ran("cold") {
+        cold(&mut md, r, &checks);
+    }
+    if ran("burst") {
+        burst(&mut md, r, &checks);
+    }
+    if ran("density") {
+        density(&mut md, r, &checks);
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn separates_thousands() {
+        assert_eq!(int(&json!(100000)), "100,000");
+        assert_eq!(int(&json!(999)), "999");
+        assert_eq!(int(&json!(1000.0)), "1,000");
+        assert_eq!(int(&Value::Null), "–");
+    }
+
+    #[test]
+    fn renders_an_empty_run() {
+        let md = markdown(&json!({"sections": ["throughput", "cold", "burst", "density"]}));
+        assert!(md.starts_with("# Benchmarks"));
+    }
+}
