@@ -4,7 +4,12 @@
 //! cargo run --release -p wisp-bench                       # every section
 //! cargo run --release -p wisp-bench -- throughput cold    # some sections
 //! cargo run --release -p wisp-bench -- --quick            # smaller counts, shorter points
+//! cargo run --release -p wisp-bench -- --report-only      # only rewrite the markdown
 //! ```
+//!
+//! The analysis under a missed target is written by hand in
+//! `bench/analysis/<section>.md` (`throughput`, `cold`, `burst`,
+//! `density`) and included in the report, so regenerating it loses nothing.
 //!
 //! It builds the release `wisp` binary, the examples and the hyper
 //! baseline, installs its load generator (`oha`, else `wrk`) and `wasmtime
@@ -42,6 +47,8 @@ const USAGE: &str =
 Sections (default: all): throughput, cold, burst, density.
   --quick          smaller counts and 3 s load points, for development
   --wisp-bin PATH  use this `wisp` binary instead of building the release one
+  --report-only    only regenerate docs/benchmarks.md from bench/results/latest.json
+                   (and the hand-written bench/analysis/<section>.md)
 Environment: WISP_BENCH_CACHE (tool cache, default ~/.cache/wisp-bench);\nWISP_BENCH_LOADGEN=wrk (use wrk even when oha is installed);\nWISP_BENCH_NO_INSTALL=1 (install nothing, use the tools already there);\nWISP_BENCH_WASMTIME=PATH (this wasmtime 48.0.8 for `wasmtime serve`).";
 
 /// What the server under test supports, found by asking it.
@@ -142,6 +149,16 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
+            "--report-only" => {
+                match report::rewrite_from_json() {
+                    Ok(()) => println!("wrote docs/benchmarks.md from bench/results/latest.json"),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        std::process::exit(1);
+                    }
+                }
+                std::process::exit(0);
+            }
             "--wisp-bin" => args.wisp_bin = it.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -182,7 +199,7 @@ fn main() {
             progress("building the release wisp binary");
             build(
                 &["build", "--release", "-p", "wisp-cli"],
-                "the release binary",
+                "the release binary (pass --wisp-bin PATH to measure one already built)",
             );
             target_dir().join("release/wisp")
         }

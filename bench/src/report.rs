@@ -8,6 +8,18 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use wisp_testkit::repo_root;
 
+/// Regenerates `docs/benchmarks.md` from `bench/results/latest.json`
+/// (after editing `bench/analysis/*.md`, say), without measuring anything.
+pub fn rewrite_from_json() -> Result<(), String> {
+    let root = repo_root();
+    let path = root.join("bench/results/latest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let results: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(root.join("docs/benchmarks.md"), markdown(&results))
+        .map_err(|e| format!("writing docs/benchmarks.md: {e}"))
+}
+
 /// Writes the JSON and the markdown.
 pub fn write(results: &Value) {
     let root = repo_root();
@@ -283,11 +295,20 @@ fn checks(r: &Value) -> Vec<Check> {
                 l["skipped"].as_str().unwrap_or_default().to_string(),
             ),
             Some(l) => {
-                let rss = f(&l["rss_idle_after_deploy_mib"]);
+                // The highest of the idle readings: after deploying, after
+                // a restart, and after the idle unload.
+                let rss = [
+                    "rss_idle_after_deploy_mib",
+                    "rss_idle_after_restart_mib",
+                    "rss_after_idle_unload_mib",
+                ]
+                .iter()
+                .filter_map(|k| f(&l[*k]))
+                .reduce(f64::max);
                 let n = l["deployed_total"].as_u64().unwrap_or(0);
                 match rss {
                     Some(v) if n >= 100_000 => (
-                        format!("{v:.0} MiB"),
+                        format!("{v:.0} MiB (highest idle reading)"),
                         Some(v <= 1024.0),
                         format!("{:.0} MiB over", v - 1024.0),
                     ),
@@ -317,6 +338,14 @@ fn checks(r: &Value) -> Vec<Check> {
     out
 }
 
+/// The hand-written analysis of a section, `bench/analysis/<section>.md`,
+/// kept apart so that regenerating the report never loses it.
+fn analysis(section: &str) -> Option<String> {
+    std::fs::read_to_string(repo_root().join(format!("bench/analysis/{section}.md")))
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+}
+
 fn targets_table(md: &mut String, checks: &[Check], section: &str) {
     let mine: Vec<&Check> = checks.iter().filter(|c| c.section == section).collect();
     if mine.is_empty() {
@@ -338,15 +367,32 @@ fn targets_table(md: &mut String, checks: &[Check], section: &str) {
     md.push('\n');
     let missed: Vec<&&Check> = mine.iter().filter(|c| c.met == Some(false)).collect();
     if !missed.is_empty() {
-        md.push_str("> **Analysis (placeholder, to be written):** missed in this run:\n");
+        md.push_str("Missed in this run:\n\n");
         for c in &missed {
             let _ = writeln!(
                 md,
-                "> - {}: measured {}, goal {} ({}).",
+                "- {}: measured {}, goal {} ({}).",
                 c.what, c.measured, c.target, c.note
             );
         }
-        md.push_str(">\n> Profile (`perf` or callgrind): _to do_. Next step: _to do_.\n\n");
+        md.push('\n');
+    }
+    match analysis(section) {
+        Some(text) => {
+            let _ = writeln!(
+                md,
+                "**Analysis** (written by hand in `bench/analysis/{section}.md`; it may describe an earlier run than the figures above):\n\n{}\n",
+                text.trim()
+            );
+        }
+        None if !missed.is_empty() => {
+            let _ = writeln!(
+                md,
+                "> **Analysis (placeholder, to be written in `bench/analysis/{section}.md`):** \
+                 profile (`perf` or callgrind) of where the time or memory goes: _to do_. Next step: _to do_.\n"
+            );
+        }
+        None => {}
     }
     for c in mine.iter().filter(|c| c.met.is_none()) {
         let _ = writeln!(md, "Not measured: {}: {}.\n", c.what, c.note);
@@ -380,8 +426,8 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
          served. `wasmtime serve` runs the same `hello.wasm` as `wasmtime serve --addr 127.0.0.1:PORT -Scli \
          hello.wasm` (`-Scli` because the guest imports `wasi:cli`; otherwise its defaults, which use the \
          pooling allocator where the machine allows it). Wisp's `hello` is deployed with \
-         `max_concurrency: 1000` so that c=256 measures speed rather than the default admission limit of \
-         100. All servers are started and warmed up first, then the points run interleaved (c=1 on each \
+         `max_concurrency: 1000` so that c=256 measures speed rather than the default admission \
+         limit. All servers are started and warmed up first, then the points run interleaved (c=1 on each \
          server, then c=32, then c=256) so that background load on the shared machine hits them alike.\n",
         t["load_generator"].as_str().unwrap_or("?"),
         num(&t["seconds_per_point"], 0)
@@ -685,15 +731,17 @@ pub fn markdown(r: &Value) -> String {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(
-        "Generated by the benchmark harness in `bench/` from `bench/results/latest.json`; do not edit by hand.\n\n\
+        "Generated by the benchmark harness in `bench/` from `bench/results/latest.json`; do not edit by hand \
+         (the analysis under each section comes from `bench/analysis/<section>.md`).\n\n\
          ```sh\n\
-         cargo run --release -p wisp-bench                                      # everything (about 30 minutes)\n\
+         cargo run --release -p wisp-bench                                      # everything (about 10 minutes)\n\
          cargo run --release -p wisp-bench -- throughput cold burst density     # or some sections\n\
          cargo run --release -p wisp-bench -- --quick                           # smaller counts, 3 s load points\n\
+         cargo run --release -p wisp-bench -- --report-only                     # rewrite this file from the JSON\n\
          ```\n\n\
          The harness builds the release `wisp`, installs `oha` (or falls back to `wrk`) and `wasmtime-cli` \
-         pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench`, and only ever sends traffic to \
-         127.0.0.1. Every figure below comes from the same run on the same machine, so the ratios between \
+         pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench` (once: 15 to 25 minutes of \
+         compiling on two cores), and only ever sends traffic to 127.0.0.1. Every figure below comes from the same run on the same machine, so the ratios between \
          servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
          with other work, so expect noise of ±10 % or more.\n\n",
     );
