@@ -13,6 +13,7 @@
 //! ```
 
 pub mod artifacts;
+pub mod asynchronous;
 pub mod auth;
 pub mod dataplane;
 pub mod error;
@@ -54,6 +55,10 @@ pub struct App {
     pub telemetry: Arc<Telemetry>,
     /// Live runtime gauges, for `/metrics`.
     pub runtime_state: Arc<dyn RuntimeState>,
+    /// Durable queue of asynchronous invocations.
+    pub queue: Arc<dyn wisp_queue::InvocationQueue>,
+    /// Wakes the dispatcher when something is queued.
+    pub dispatcher_wake: tokio::sync::Notify,
     /// Bearer token the control API requires, if any.
     pub token: Option<String>,
     /// Largest request body forwarded to a function.
@@ -78,6 +83,7 @@ pub(crate) fn function_name(s: &str) -> Result<FunctionName, ApiError> {
         (name = "aliases", description = "Named pointers at versions, with weighted routing"),
         (name = "artifacts", description = "Component uploads"),
         (name = "observability", description = "Logs and stats"),
+        (name = "invocations", description = "Asynchronous invocations"),
         (name = "system", description = "Health and metrics"),
     ),
     components(schemas(wisp_core::ErrorBody, wisp_core::ErrorCode))
@@ -108,6 +114,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_version, delete_version))
         .routes(routes!(create_alias, list_aliases))
         .routes(routes!(get_alias, update_alias, delete_alias))
+        .routes(routes!(
+            asynchronous::invoke_async,
+            asynchronous::list_invocations
+        ))
+        .routes(routes!(asynchronous::get_invocation))
         .routes(routes!(telemetry::get_logs))
         .routes(routes!(telemetry::get_stats))
         .routes(routes!(artifacts::upload_artifact))

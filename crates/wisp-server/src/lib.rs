@@ -36,6 +36,9 @@ pub enum ServerError {
     /// The metadata store could not be opened.
     #[error("cannot open the metadata store: {0}")]
     Store(#[from] wisp_store::StoreError),
+    /// The invocation queue could not be opened.
+    #[error("cannot open the invocation queue: {0}")]
+    Queue(String),
     /// The runtime could not be set up.
     #[error(transparent)]
     Runtime(#[from] wisp_runtime::RuntimeError),
@@ -225,6 +228,10 @@ pub async fn run(
         }
     });
 
+    let queue: Arc<dyn wisp_queue::InvocationQueue> = Arc::new(
+        wisp_queue::sqlite::SqliteQueue::open(data_dir.join("queue.db"))
+            .map_err(|e| ServerError::Queue(e.to_string()))?,
+    );
     let needs_token = config.require_token || !config.listen.ip().is_loopback();
     let app = Arc::new(wisp_api::App {
         store,
@@ -232,10 +239,14 @@ pub async fn run(
         preparer: Arc::new(runtime.clone()),
         invoker: Arc::new(runtime.clone()),
         runtime_state: Arc::new(runtime),
+        queue,
+        dispatcher_wake: tokio::sync::Notify::new(),
         telemetry,
         token: needs_token.then_some(token),
         max_invoke_body: config.max_invoke_body,
     });
+
+    wisp_api::asynchronous::Dispatcher::start(app.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

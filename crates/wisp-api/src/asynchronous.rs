@@ -1,0 +1,421 @@
+//! Asynchronous invocation: `POST /v1/functions/{name}/invocations` answers
+//! 202 once the request is durably queued; the [`Dispatcher`] leases queued
+//! invocations and runs them through the same [`wisp_core::Invoker`] as the
+//! data plane, retrying and dead-lettering per the policy.
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiQuery, read_body};
+use crate::{AppState, function_name};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use wisp_core::{ErrorBody, ErrorCode, InvokeError, Qualifier, ValidationError};
+use wisp_queue::{
+    Completion, Enqueued, Invocation, Leased, NewInvocation, Status, StoredRequest, StoredResponse,
+};
+
+/// Request header naming the partition key (ordered delivery per key).
+pub const PARTITION_KEY_HEADER: &str = "x-wisp-partition-key";
+/// Request header carrying an idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "x-wisp-idempotency-key";
+
+/// Query of `POST /v1/functions/{name}/invocations`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncQuery {
+    /// Version, alias or `latest` (the default), resolved when it runs.
+    qualifier: Option<String>,
+    /// Path and query the function sees (default `/`).
+    path: Option<String>,
+}
+
+fn queue_error(e: wisp_queue::QueueError) -> ApiError {
+    use wisp_queue::QueueError as Q;
+    match e {
+        Q::Invalid(v) => v.into(),
+        Q::Full { .. } => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::Throttled,
+                e.to_string(),
+            );
+            err.retry_after = Some(1);
+            err
+        }
+        Q::BodyTooLarge { .. } | Q::BatchTooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            e.to_string(),
+        ),
+        Q::NotFound { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "queue failure");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                other.to_string(),
+            )
+        }
+    }
+}
+
+/// Queue an invocation. The body and headers are passed to the function as
+/// a POST to `path`. Answers 202 with the invocation id once it is on disk;
+/// an idempotency key seen before answers 202 with the original id.
+#[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "invocations",
+    params(("name" = String, Path, description = "Function name"), AsyncQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn invoke_async(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<AsyncQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let name = function_name(&name)?;
+    let qualifier = q.qualifier.unwrap_or_else(|| "latest".into());
+    let parsed: Qualifier = qualifier
+        .parse()
+        .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
+    // Unknown functions and qualifiers are refused now rather than dead-lettered later.
+    app.store.resolve(&name, &parsed).await?;
+    let path = q.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        return Err(ValidationError::new("path", "must start with `/`").into());
+    }
+    let body = read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let forwarded = headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "host" | "authorization" | "content-length" | "connection"
+            )
+        })
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let mut invocation = NewInvocation::new(
+        name.clone(),
+        qualifier,
+        StoredRequest {
+            method: "POST".into(),
+            path_and_query: path,
+            headers: forwarded,
+            body: body.to_vec(),
+        },
+    );
+    invocation.partition_key = header(PARTITION_KEY_HEADER);
+    invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
+    let result = app
+        .queue
+        .enqueue(vec![invocation])
+        .await
+        .map_err(queue_error)?
+        .pop()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the queue answered nothing",
+            )
+        })?;
+    let (id, duplicate) = match result {
+        Enqueued::Accepted { id } => (id, false),
+        Enqueued::Duplicate { id } => (id, true),
+        Enqueued::Full { function } => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::Throttled,
+                format!("the queue of `{function}` is full; retry later"),
+            );
+            err.retry_after = Some(1);
+            return Err(err);
+        }
+    };
+    app.dispatcher_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "id": id,
+            "status_url": format!("/v1/invocations/{id}"),
+            "duplicate": duplicate,
+        })),
+    ))
+}
+
+/// The JSON form of an invocation (bodies as lossy UTF-8 text).
+fn invocation_json(inv: &Invocation) -> serde_json::Value {
+    serde_json::json!({
+        "id": inv.id,
+        "function": inv.function,
+        "qualifier": inv.qualifier,
+        "status": inv.status.as_str(),
+        "attempts": inv.attempts,
+        "enqueued_at": inv.enqueued_at,
+        "updated_at": inv.updated_at,
+        "next_attempt_at": inv.next_attempt_at,
+        "error": inv.error,
+        "partition_key": inv.partition_key,
+        "idempotency_key": inv.idempotency_key,
+        "result": inv.result.as_ref().map(|r| serde_json::json!({
+            "status": r.status,
+            "headers": r.headers,
+            "body": String::from_utf8_lossy(&r.body),
+            "truncated": r.truncated,
+        })),
+    })
+}
+
+/// One asynchronous invocation: status, attempts and result.
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations",
+    params(("id" = String, Path, description = "Invocation id")),
+    responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
+pub async fn get_invocation(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    match app.queue.get(&id).await.map_err(queue_error)? {
+        Some(inv) => Ok(Json(invocation_json(&inv))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no invocation `{id}`"),
+        )),
+    }
+}
+
+/// Query of `GET /v1/functions/{name}/invocations`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this status.
+    status: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    limit: Option<u32>,
+}
+
+/// Recent asynchronous invocations of a function, newest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "invocations",
+    params(("name" = String, Path, description = "Function name"), ListQuery),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody)))]
+pub async fn list_invocations(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = function_name(&name)?;
+    let status = q
+        .status
+        .map(|s| {
+            s.parse::<Status>()
+                .map_err(|e| ValidationError::new("status", e.to_string()))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    let list = app
+        .queue
+        .list(&name, status, limit, None)
+        .await
+        .map_err(queue_error)?;
+    let list: Vec<serde_json::Value> = list.iter().map(invocation_json).collect();
+    Ok(Json(serde_json::json!({ "invocations": list })))
+}
+
+/// Runs queued invocations in the background.
+pub struct Dispatcher;
+
+/// Lease visibility: longer than any function timeout, so a running
+/// invocation is never handed out twice.
+const VISIBILITY: Duration = Duration::from_secs(16 * 60);
+/// Asynchronous invocations running at once.
+const CONCURRENCY: usize = 64;
+/// Response bytes read from a function for the stored result.
+const RESULT_READ_LIMIT: usize = wisp_queue::limits::MAX_RESULT_BYTES + 1;
+
+impl Dispatcher {
+    /// Starts the dispatch loop on the current tokio runtime.
+    pub fn start(app: AppState) {
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(CONCURRENCY));
+            loop {
+                let free = slots.available_permits().max(1);
+                let leased = match app.queue.lease(free, VISIBILITY).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not lease invocations");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if leased.is_empty() {
+                    // Woken by a new enqueue, or poll for retries coming due.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(250),
+                        app.dispatcher_wake.notified(),
+                    )
+                    .await;
+                    continue;
+                }
+                for item in leased {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        run_one(&app, item).await;
+                        drop(permit);
+                    });
+                }
+            }
+        });
+    }
+}
+
+async fn run_one(app: &AppState, item: Leased) {
+    let lease = item.lease.clone();
+    let completion = match execute(app, &item).await {
+        Ok(c) => c,
+        Err(Released(delay)) => {
+            if let Err(e) = app.queue.release(&lease, delay).await {
+                tracing::warn!(error = %e, "could not release an invocation");
+            }
+            return;
+        }
+    };
+    if let Err(e) = app.queue.complete(&lease, completion).await {
+        tracing::warn!(id = %lease.id, error = %e, "could not record an invocation's outcome");
+    }
+}
+
+/// Reads a response body, keeping at most [`RESULT_READ_LIMIT`] bytes
+/// (the rest is drained so the function can finish).
+async fn read_capped(mut body: wisp_core::Body) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            let room = RESULT_READ_LIMIT.saturating_sub(out.len());
+            out.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+    Ok(out)
+}
+
+/// Handing the invocation back without counting an attempt.
+struct Released(Duration);
+
+async fn execute(app: &AppState, item: &Leased) -> Result<Completion, Released> {
+    let failed = |outcome: &str, error: String, retryable: bool| Completion::Failed {
+        error,
+        outcome: outcome.to_string(),
+        retryable,
+    };
+    let inv = &item.invocation;
+    let Ok(qualifier) = inv.qualifier.parse::<Qualifier>() else {
+        return Ok(failed(
+            "invalid",
+            format!("`{}` is not a qualifier", inv.qualifier),
+            false,
+        ));
+    };
+    let resolved = match app.store.resolve(&inv.function, &qualifier).await {
+        Ok(r) => r,
+        Err(e) => return Ok(failed("not found", e.to_string(), false)),
+    };
+    let deployment = resolved.pick(rand::random::<f64>()).clone();
+    let req = &item.request;
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(format!("http://localhost{}", req.path_and_query));
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from(req.body.clone()))
+        .map_err(|never: std::convert::Infallible| -> wisp_core::BoxError { match never {} })
+        .boxed_unsync();
+    let request = match builder.body(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(failed(
+                "invalid",
+                format!("the stored request is unusable: {e}"),
+                false,
+            ));
+        }
+    };
+    let semantics_at_most_once = matches!(
+        item.policy.semantics,
+        wisp_queue::policy::Semantics::AtMostOnce
+    );
+    if semantics_at_most_once && app.queue.mark_started(&item.lease).await.is_err() {
+        return Err(Released(Duration::from_secs(1)));
+    }
+    match app
+        .invoker
+        .invoke(deployment, inv.id.clone(), request)
+        .await
+    {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let bytes = match read_capped(body).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return Ok(failed(
+                        "body",
+                        format!("reading the response failed: {e}"),
+                        true,
+                    ));
+                }
+            };
+            let status = parts.status.as_u16();
+            let headers = parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            if status >= 400 {
+                let retryable = status >= 500 || item.policy.retry_on_4xx;
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+                return Ok(failed(
+                    &status.to_string(),
+                    format!("the function answered {status}: {text}"),
+                    retryable,
+                ));
+            }
+            Ok(Completion::Succeeded {
+                response: StoredResponse::capped(status, headers, bytes),
+            })
+        }
+        Err(InvokeError::Throttled { .. } | InvokeError::Overloaded { .. }) => {
+            // Not an attempt: the function never ran. Async work honours
+            // the function's concurrency like sync traffic does.
+            Err(Released(Duration::from_millis(200)))
+        }
+        Err(e) => {
+            let outcome = match &e {
+                InvokeError::Timeout { .. } => "timeout",
+                InvokeError::MemoryLimit { .. } => "memory limit",
+                InvokeError::Trapped { .. } => "trap",
+                InvokeError::NoResponse { .. } => "no response",
+                _ => "unavailable",
+            };
+            Ok(failed(outcome, e.to_string(), true))
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Asynchronous invocation through the durable queue: 202 at once, then the
+//! dispatcher runs it; failures are retried and end dead-lettered.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wisp_testkit::{Api, Server};
+
+async fn wait_final(api: &Api, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, inv) = api
+            .send(Method::GET, &format!("/v1/invocations/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{inv}");
+        if matches!(
+            inv["status"].as_str(),
+            Some("succeeded" | "failed" | "dead")
+        ) {
+            return inv;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "invocation never finished: {inv}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_invocations_run_and_record_their_result() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("echo", "echo", json!({})).await;
+    let res = api
+        .http
+        .post(server.at("/v1/functions/echo/invocations?path=/work%3Fn=1"))
+        .header("content-type", "text/plain")
+        .body("queued body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: Value = res.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["status_url"], format!("/v1/invocations/{id}"));
+    let inv = wait_final(&api, &id, Duration::from_secs(20)).await;
+    assert_eq!(inv["status"], "succeeded", "{inv}");
+    assert_eq!(inv["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(inv["result"]["status"], 200);
+    let seen: Value = serde_json::from_str(inv["result"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["path"], "/work");
+    assert_eq!(seen["query"], "n=1");
+    assert_eq!(seen["body"], "queued body");
+    assert_eq!(seen["headers"]["content-type"], "text/plain");
+    // The function saw the invocation id as its request id.
+    assert_eq!(seen["headers"]["x-wisp-request-id"], id.as_str());
+
+    let (status, list) = api
+        .send(Method::GET, "/v1/functions/echo/invocations", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["invocations"][0]["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered_with_every_error() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("panic", "panic", json!({})).await;
+    let (status, accepted) = api
+        .send(Method::POST, "/v1/functions/panic/invocations", None)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let inv = wait_final(&api, id, Duration::from_secs(60)).await;
+    assert_eq!(inv["status"], "dead", "{inv}");
+    let attempts = inv["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "one try and the default two retries: {inv}"
+    );
+    for a in attempts {
+        assert!(a["error"].as_str().unwrap().contains("trapped"), "{a}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_return_the_original_and_bad_targets_are_refused() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("hello", "hello", json!({})).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let res = api
+            .http
+            .post(server.at("/v1/functions/hello/invocations"))
+            .header("x-wisp-idempotency-key", "order-42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        ids.push((
+            v["id"].as_str().unwrap().to_string(),
+            v["duplicate"].as_bool().unwrap(),
+        ));
+    }
+    assert_eq!(ids[0].0, ids[1].0);
+    assert_eq!((ids[0].1, ids[1].1), (false, true));
+
+    let (status, err) = api
+        .send(Method::POST, "/v1/functions/nope/invocations", None)
+        .await;
+    assert_eq!(status, 404, "{err}");
+    let (status, err) = api
+        .send(
+            Method::POST,
+            "/v1/functions/hello/invocations?qualifier=7",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{err}");
+    let (status, _) = api.send(Method::GET, "/v1/invocations/unknown", None).await;
+    assert_eq!(status, 404);
+}
