@@ -441,6 +441,9 @@ pub struct InvokeArgs {
     /// Print the status line and response headers before the body
     #[arg(short = 'i', long)]
     pub include: bool,
+    /// Queue the invocation and return at once with its id (POST to --path)
+    #[arg(long = "async", conflicts_with = "include")]
+    pub asynchronous: bool,
 }
 
 /// `wisp invoke`: exit code 0 for a 2xx answer, 1 for any other.
@@ -480,6 +483,30 @@ pub async fn invoke(ctx: &Ctx, args: InvokeArgs) -> Result<ExitCode, Failure> {
     } else {
         format!("/{}", args.path)
     };
+    if args.asynchronous {
+        let accepted = ctx
+            .client
+            .invoke_async(
+                t.name.as_str(),
+                &t.qualifier.to_string(),
+                &path,
+                headers,
+                body.unwrap_or_default(),
+            )
+            .await?;
+        if ctx.json {
+            output::json(&accepted);
+        } else {
+            let id = accepted["id"].as_str().unwrap_or_default();
+            let dup = if accepted["duplicate"] == true {
+                " (duplicate of an earlier request)"
+            } else {
+                ""
+            };
+            println!("queued {id}{dup}; status: wisp invocations {}", t.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let res = ctx
         .client
         .invoke(&t, method, &path, headers, body.unwrap_or_default())
@@ -593,6 +620,31 @@ pub async fn logs(ctx: &Ctx, args: LogsArgs) -> Result<(), Failure> {
 }
 
 /// `wisp stats`.
+/// `wisp invocations NAME`: recent asynchronous invocations.
+pub async fn invocations(ctx: &Ctx, name: &str) -> Result<(), Failure> {
+    let name = function_name(name)?;
+    let list = ctx.client.invocations(name.as_str()).await?;
+    if ctx.json {
+        output::json(&list);
+        return Ok(());
+    }
+    println!(
+        "{:<34} {:<10} {:>8}  {:<25} ERROR",
+        "ID", "STATUS", "ATTEMPTS", "ENQUEUED"
+    );
+    for inv in list["invocations"].as_array().into_iter().flatten() {
+        println!(
+            "{:<34} {:<10} {:>8}  {:<25} {}",
+            inv["id"].as_str().unwrap_or("-"),
+            inv["status"].as_str().unwrap_or("-"),
+            inv["attempts"].as_array().map_or(0, Vec::len),
+            inv["enqueued_at"].as_str().unwrap_or("-"),
+            inv["error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 pub async fn stats(ctx: &Ctx, name: &str) -> Result<(), Failure> {
     let name = function_name(name)?;
     let stats = ctx.client.stats(name.as_str()).await?;

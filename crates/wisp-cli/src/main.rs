@@ -82,6 +82,11 @@ enum Command {
     Invoke(commands::InvokeArgs),
     /// Print a function's captured stdout and stderr
     Logs(commands::LogsArgs),
+    /// List a function's recent asynchronous invocations (from `invoke --async`)
+    Invocations {
+        /// Function name
+        name: String,
+    },
     /// Show invocation counts and latencies over the last 15 minutes
     Stats {
         /// Function name
@@ -316,6 +321,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode, Failure> {
         Command::Invoke(args) => return c::invoke(ctx, args).await,
         Command::Logs(args) => c::logs(ctx, args).await?,
         Command::Stats { name } => c::stats(ctx, &name).await?,
+        Command::Invocations { name } => c::invocations(ctx, &name).await?,
         Command::Deploy { file, publish } => deploy::run(ctx, &file, publish).await?,
     }
     Ok(ExitCode::SUCCESS)

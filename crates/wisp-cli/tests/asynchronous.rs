@@ -125,3 +125,38 @@ async fn idempotency_keys_return_the_original_and_bad_targets_are_refused() {
     let (status, _) = api.send(Method::GET, "/v1/invocations/unknown", None).await;
     assert_eq!(status, 404);
 }
+
+#[test]
+fn the_cli_queues_and_lists_invocations() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let run = |args: &[&str]| wisp_testkit::run(server.cli().args(args));
+    let created = run(&[
+        "create",
+        "hello",
+        "--wasm",
+        wisp_testkit::example("hello").to_str().unwrap(),
+    ]);
+    assert_eq!(created.code, 0, "{created:?}");
+    let out = run(&["--json", "invoke", "--async", "hello", "-d", "x"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let accepted: Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&["--json", "invocations", "hello"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let list: Value = serde_json::from_str(&out.stdout).unwrap();
+        let inv = &list["invocations"][0];
+        assert_eq!(inv["id"], id.as_str());
+        if inv["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never succeeded: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = run(&["invocations", "hello"]);
+    assert!(
+        table.stdout.contains(&id) && table.stdout.contains("succeeded"),
+        "{table:?}"
+    );
+}

@@ -484,6 +484,38 @@ impl Client {
         Ok(page)
     }
 
+    /// `POST /v1/functions/{name}/invocations`: queues an asynchronous
+    /// invocation and returns the server's answer (`id`, `status_url`,
+    /// `duplicate`).
+    pub async fn invoke_async(
+        &self,
+        name: &str,
+        qualifier: &str,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let query = [("qualifier", qualifier), ("path", path_and_query)];
+        let (v, _) = self
+            .call(
+                Method::POST,
+                &["v1", "functions", name, "invocations"],
+                |r| r.query(&query).headers(headers).body(body),
+            )
+            .await?;
+        Ok(v)
+    }
+
+    /// `GET /v1/invocations/{id}`.
+    pub async fn invocation(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&["v1", "invocations", id]).await
+    }
+
+    /// `GET /v1/functions/{name}/invocations`.
+    pub async fn invocations(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&["v1", "functions", name, "invocations"]).await
+    }
+
     /// `GET /v1/functions/{name}/stats`.
     pub async fn stats(&self, name: &str) -> Result<FunctionStats, ClientError> {
         self.get(&["v1", "functions", name, "stats"]).await
