@@ -15,7 +15,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use wisp_core::{ErrorBody, ErrorCode, InvokeError, Qualifier, ValidationError};
+use wisp_core::{ErrorBody, ErrorCode, FunctionName, InvokeError, Qualifier, ValidationError};
 use wisp_queue::{
     Completion, Enqueued, Invocation, Leased, NewInvocation, Status, StoredRequest, StoredResponse,
 };
@@ -84,79 +84,92 @@ pub async fn invoke_async(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let name = function_name(&name)?;
     let qualifier = q.qualifier.unwrap_or_else(|| "latest".into());
-    let parsed: Qualifier = qualifier
-        .parse()
-        .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
-    // Unknown functions and qualifiers are refused now rather than dead-lettered later.
-    app.store.resolve(&name, &parsed).await?;
     let path = q.path.unwrap_or_else(|| "/".into());
     if !path.starts_with('/') {
         return Err(ValidationError::new("path", "must start with `/`").into());
     }
     let body = read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
+    let request = StoredRequest {
+        method: "POST".into(),
+        path_and_query: path,
+        headers: forwarded_headers(&headers),
+        body: body.to_vec(),
+    };
+    let accepted = enqueue_request(&app, name, qualifier, request, &headers).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Queues one request for `name:qualifier` (which must resolve now:
+/// unknown targets are refused rather than dead-lettered later), taking the
+/// partition and idempotency keys from `headers`.
+pub(crate) async fn enqueue_request(
+    app: &AppState,
+    name: FunctionName,
+    qualifier: String,
+    request: StoredRequest,
+    headers: &HeaderMap,
+) -> ApiResult<serde_json::Value> {
+    let parsed: Qualifier = qualifier
+        .parse()
+        .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
+    app.store.resolve(&name, &parsed).await?;
     let header = |n: &str| {
         headers
             .get(n)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let forwarded = headers
+    let mut invocation = NewInvocation::new(name, qualifier, request);
+    invocation.partition_key = header(PARTITION_KEY_HEADER);
+    invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
+    let mut accepted = enqueue(app, vec![invocation]).await?;
+    Ok(accepted.pop().unwrap_or_default())
+}
+
+/// Request headers worth keeping for a queued invocation.
+pub(crate) fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
         .iter()
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "host" | "authorization" | "content-length" | "connection"
-            )
+                "host" | "authorization" | "content-length" | "connection" | "transfer-encoding"
+            ) && !k.as_str().starts_with("x-wisp-")
         })
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    let mut invocation = NewInvocation::new(
-        name.clone(),
-        qualifier,
-        StoredRequest {
-            method: "POST".into(),
-            path_and_query: path,
-            headers: forwarded,
-            body: body.to_vec(),
-        },
-    );
-    invocation.partition_key = header(PARTITION_KEY_HEADER);
-    invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
-    let result = app
-        .queue
-        .enqueue(vec![invocation])
-        .await
-        .map_err(queue_error)?
-        .pop()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "the queue answered nothing",
-            )
-        })?;
-    let (id, duplicate) = match result {
-        Enqueued::Accepted { id } => (id, false),
-        Enqueued::Duplicate { id } => (id, true),
-        Enqueued::Full { function } => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::Throttled,
-                format!("the queue of `{function}` is full; retry later"),
-            );
-            err.retry_after = Some(1);
-            return Err(err);
-        }
-    };
-    app.dispatcher_wake.notify_one();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
+        .collect()
+}
+
+/// Enqueues a batch and describes each result as the 202 body does; a
+/// full queue refuses the whole request with 429.
+pub(crate) async fn enqueue(
+    app: &AppState,
+    batch: Vec<NewInvocation>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let results = app.queue.enqueue(batch).await.map_err(queue_error)?;
+    let mut out = Vec::with_capacity(results.len());
+    for result in results {
+        let (id, duplicate) = match result {
+            Enqueued::Accepted { id } => (id, false),
+            Enqueued::Duplicate { id } => (id, true),
+            Enqueued::Full { function } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::Throttled,
+                    format!("the queue of `{function}` is full; retry later"),
+                );
+                err.retry_after = Some(1);
+                return Err(err);
+            }
+        };
+        out.push(serde_json::json!({
             "id": id,
             "status_url": format!("/v1/invocations/{id}"),
             "duplicate": duplicate,
-        })),
-    ))
+        }));
+    }
+    app.dispatcher_wake.notify_one();
+    Ok(out)
 }
 
 /// The JSON form of an invocation (bodies as lossy UTF-8 text).

@@ -15,6 +15,9 @@ use wisp_core::{BoxError, Target, ValidationError};
 pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
 /// Response header naming the version that served the request.
 pub const VERSION_HEADER: &str = "x-wisp-version";
+/// Request header that makes a data-plane call asynchronous: with the
+/// value `async` the request is queued and answered with 202.
+pub const INVOCATION_TYPE_HEADER: &str = "x-wisp-invocation-type";
 /// Response header naming the function.
 pub const FUNCTION_HEADER: &str = "x-wisp-function";
 
@@ -59,13 +62,36 @@ async fn forward(app: &AppState, req: Request, request_id: &str) -> Result<Respo
     let target: Target = target
         .parse()
         .map_err(|e| ValidationError::new("name", format!("`{target}`: {e}")))?;
-    let resolved = app.store.resolve(&target.name, &target.qualifier).await?;
-    let deployment = resolved.pick(rand::random::<f64>()).clone();
-
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
+    let asynchronous = parts
+        .headers
+        .get(INVOCATION_TYPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("async"));
+    if asynchronous {
+        let body = crate::extract::read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
+        let request = wisp_queue::StoredRequest {
+            method: parts.method.to_string(),
+            path_and_query,
+            headers: crate::asynchronous::forwarded_headers(&parts.headers),
+            body: body.to_vec(),
+        };
+        let accepted = crate::asynchronous::enqueue_request(
+            app,
+            target.name,
+            target.qualifier.to_string(),
+            request,
+            &parts.headers,
+        )
+        .await?;
+        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
+    }
+    let resolved = app.store.resolve(&target.name, &target.qualifier).await?;
+    let deployment = resolved.pick(rand::random::<f64>()).clone();
+
     let authority = parts
         .headers
         .get(header::HOST)

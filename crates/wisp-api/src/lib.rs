@@ -17,6 +17,7 @@ pub mod asynchronous;
 pub mod auth;
 pub mod dataplane;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod functions;
 pub mod metrics;
@@ -119,6 +120,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             asynchronous::list_invocations
         ))
         .routes(routes!(asynchronous::get_invocation))
+        .routes(routes!(events::post_events))
         .routes(routes!(telemetry::get_logs))
         .routes(routes!(telemetry::get_stats))
         .routes(routes!(artifacts::upload_artifact))

@@ -1,0 +1,197 @@
+//! CloudEvents ingress: all three HTTP modes, validation naming the
+//! attribute, duplicates by source + id, and delivery to the function as a
+//! binary-mode request with extensions kept.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wisp_testkit::{Api, Server};
+
+async fn result_of(api: &Api, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, inv) = api
+            .send(Method::GET, &format!("/v1/invocations/{id}"), None)
+            .await;
+        if inv["status"] == "succeeded" {
+            return serde_json::from_str(inv["result"]["body"].as_str().unwrap()).unwrap();
+        }
+        assert!(
+            !matches!(inv["status"].as_str(), Some("dead" | "failed")) && Instant::now() < deadline,
+            "{inv}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_every_mode_reach_the_function_in_binary_mode() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("echo", "echo", json!({})).await;
+    let url = server.at("/v1/functions/echo/events");
+
+    // Binary mode, with an extension.
+    let res = api
+        .http
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "evt-1")
+        .header("ce-source", "/tests/binary")
+        .header("ce-type", "com.example.created")
+        .header("ce-myext", "kept")
+        .header("content-type", "application/json")
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: Value = res.json().await.unwrap();
+    assert_eq!(accepted["accepted"][0]["event_id"], "evt-1");
+    let seen = result_of(&api, accepted["accepted"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["headers"]["ce-id"], "evt-1");
+    assert_eq!(seen["headers"]["ce-source"], "/tests/binary");
+    assert_eq!(seen["headers"]["ce-type"], "com.example.created");
+    assert_eq!(seen["headers"]["ce-myext"], "kept");
+    assert_eq!(
+        serde_json::from_str::<Value>(seen["body"].as_str().unwrap()).unwrap(),
+        json!({"n": 1})
+    );
+
+    // Structured mode.
+    let event = json!({"specversion": "1.0", "id": "evt-2", "source": "/tests/structured",
+        "type": "t", "datacontenttype": "text/plain", "data": "hello", "other": "x"});
+    let res = api
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: Value = res.json().await.unwrap();
+    let seen = result_of(&api, accepted["accepted"][0]["id"].as_str().unwrap()).await;
+    assert_eq!(seen["headers"]["ce-id"], "evt-2");
+    assert_eq!(seen["headers"]["ce-other"], "x");
+    assert_eq!(seen["body"], "hello");
+
+    // Batch mode: three events, three invocations.
+    let batch: Vec<Value> = (3..6)
+        .map(|i| json!({"specversion": "1.0", "id": format!("evt-{i}"), "source": "/tests/batch", "type": "t"}))
+        .collect();
+    let res = api
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Value::Array(batch).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: Value = res.json().await.unwrap();
+    let ids: Vec<&str> = accepted["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        result_of(&api, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_name_the_attribute_and_duplicates_are_folded() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("hello", "hello", json!({})).await;
+    let url = server.at("/v1/functions/hello/events");
+
+    let missing_id = json!({"specversion": "1.0", "source": "/s", "type": "t"});
+    let res = api
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(missing_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["field"], "id", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("`id`"), "{err}");
+
+    let bad_version = json!({"specversion": "0.3", "id": "1", "source": "/s", "type": "t"});
+    let res = api
+        .http
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(bad_version.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+
+    let res = api
+        .http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+
+    let (status, list) = api
+        .send(Method::GET, "/v1/functions/hello/invocations", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        list["invocations"],
+        json!([]),
+        "nothing was queued by bad input"
+    );
+
+    let event = json!({"specversion": "1.0", "id": "same", "source": "/s", "type": "t"});
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let res = api
+            .http
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        seen.push(v["accepted"][0].clone());
+    }
+    assert_eq!(seen[0]["id"], seen[1]["id"]);
+    assert_eq!(seen[1]["duplicate"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_plane_queues_with_the_invocation_type_header() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("echo", "echo", json!({})).await;
+    let res = api
+        .http
+        .put(server.at("/fn/echo/a/b?q=1"))
+        .header("x-wisp-invocation-type", "async")
+        .body("later")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let accepted: Value = res.json().await.unwrap();
+    let seen = result_of(&api, accepted["id"].as_str().unwrap()).await;
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/a/b");
+    assert_eq!(seen["query"], "q=1");
+    assert_eq!(seen["body"], "later");
+}
