@@ -186,6 +186,8 @@ fn invocation_json(inv: &Invocation) -> serde_json::Value {
         "error": inv.error,
         "partition_key": inv.partition_key,
         "idempotency_key": inv.idempotency_key,
+        "replayed_from": inv.replayed_from,
+        "replayed_as": inv.replayed_as,
         "result": inv.result.as_ref().map(|r| serde_json::json!({
             "status": r.status,
             "headers": r.headers,

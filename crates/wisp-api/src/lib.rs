@@ -16,6 +16,7 @@ pub mod artifacts;
 pub mod asynchronous;
 pub mod auth;
 pub mod dataplane;
+pub mod deadletters;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -85,6 +86,7 @@ pub(crate) fn function_name(s: &str) -> Result<FunctionName, ApiError> {
         (name = "artifacts", description = "Component uploads"),
         (name = "observability", description = "Logs and stats"),
         (name = "invocations", description = "Asynchronous invocations"),
+        (name = "deadletters", description = "Dead-letter queue: inspect, delete and replay failed asynchronous invocations"),
         (name = "system", description = "Health and metrics"),
     ),
     components(schemas(wisp_core::ErrorBody, wisp_core::ErrorCode))
@@ -120,6 +122,13 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             asynchronous::list_invocations
         ))
         .routes(routes!(asynchronous::get_invocation))
+        .routes(routes!(deadletters::list_deadletters))
+        .routes(routes!(
+            deadletters::get_deadletter,
+            deadletters::delete_deadletter
+        ))
+        .routes(routes!(deadletters::replay_deadletter))
+        .routes(routes!(deadletters::replay_all_deadletters))
         .routes(routes!(events::post_events))
         .routes(routes!(telemetry::get_logs))
         .routes(routes!(telemetry::get_stats))

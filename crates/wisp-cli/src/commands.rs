@@ -695,3 +695,233 @@ pub async fn stats(ctx: &Ctx, name: &str) -> Result<(), Failure> {
     ));
     Ok(())
 }
+
+/// `wisp dlq ...`: the dead-letter queue.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first: of one function, or of all
+    List {
+        /// Only this function's dead letters
+        name: Option<String>,
+        /// Print at most this many
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Only dead letters older than this id (the id a previous listing says to continue from)
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+    },
+    /// Show one dead letter: every attempt's error, the original request and the policy
+    Get {
+        /// Dead letter id
+        id: String,
+    },
+    /// Delete a dead letter and its request
+    Delete {
+        /// Dead letter id
+        id: String,
+    },
+    /// Queue a dead letter's original request again as a new invocation
+    Replay {
+        /// Dead letter id
+        id: String,
+        /// Run it under this version, alias or `latest` [default: the one it ran under]
+        #[arg(long, short = 'q', value_name = "QUALIFIER")]
+        qualifier: Option<String>,
+    },
+    /// Replay every dead letter of a function, oldest first
+    ReplayAll {
+        /// Function name
+        name: String,
+        /// Run them under this version, alias or `latest` [default: each one's own]
+        #[arg(long, short = 'q', value_name = "QUALIFIER")]
+        qualifier: Option<String>,
+    },
+}
+
+/// `wisp dlq`.
+pub async fn dlq(ctx: &Ctx, cmd: DlqCommand) -> Result<(), Failure> {
+    match cmd {
+        DlqCommand::List {
+            name,
+            limit,
+            before,
+        } => dlq_list(ctx, name.as_deref(), limit, before.as_deref()).await,
+        DlqCommand::Get { id } => dlq_get(ctx, &id).await,
+        DlqCommand::Delete { id } => {
+            ctx.client.delete_dead_letter(&id).await?;
+            if !ctx.json {
+                line(format!("deleted dead letter {id}"));
+            }
+            Ok(())
+        }
+        DlqCommand::Replay { id, qualifier } => {
+            let answer = ctx
+                .client
+                .replay_dead_letter(&id, qualifier.as_deref())
+                .await?;
+            if ctx.json {
+                output::json(&answer);
+            } else {
+                line(format!(
+                    "replayed {id} as {} ({}:{}); status: wisp invocations {}",
+                    text(&answer["id"]),
+                    text(&answer["function"]),
+                    text(&answer["qualifier"]),
+                    text(&answer["function"]),
+                ));
+            }
+            Ok(())
+        }
+        DlqCommand::ReplayAll { name, qualifier } => {
+            let name = function_name(&name)?;
+            let answer = ctx
+                .client
+                .replay_dead_letters(name.as_str(), qualifier.as_deref())
+                .await?;
+            if ctx.json {
+                output::json(&answer);
+            } else {
+                let n = answer["replayed"].as_u64().unwrap_or(0);
+                let noun = if n == 1 {
+                    "dead letter"
+                } else {
+                    "dead letters"
+                };
+                line(format!(
+                    "replayed {n} {noun} of {name}; status: wisp invocations {name}"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A JSON string as text, `-` for anything else.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| "-".into(), output::or_dash)
+}
+
+/// An RFC 3339 timestamp from the server, to the second; `-` if absent.
+fn timestamp(v: &serde_json::Value) -> String {
+    v.as_str()
+        .and_then(|s| s.parse::<chrono::DateTime<Utc>>().ok())
+        .map_or_else(|| text(v), |t| output::time(&t))
+}
+
+/// The first line of an error, cut to `max` characters, for tables.
+fn first_line(s: &str, max: usize) -> String {
+    let first = s.lines().next().unwrap_or("");
+    if first.chars().count() > max {
+        let cut: String = first.chars().take(max.saturating_sub(3)).collect();
+        format!("{cut}...")
+    } else {
+        first.to_string()
+    }
+}
+
+/// `wisp dlq list`.
+async fn dlq_list(
+    ctx: &Ctx,
+    name: Option<&str>,
+    limit: Option<u32>,
+    before: Option<&str>,
+) -> Result<(), Failure> {
+    let name = name.map(function_name).transpose()?;
+    let page = ctx
+        .client
+        .dead_letters(name.as_ref().map(FunctionName::as_str), limit, before)
+        .await?;
+    if ctx.json {
+        output::json(&page);
+        return Ok(());
+    }
+    let letters = page["deadletters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        match &name {
+            Some(n) => line(format!("no dead letters of {n}")),
+            None => line("no dead letters"),
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|d| {
+            vec![
+                text(&d["id"]),
+                text(&d["function"]),
+                text(&d["qualifier"]),
+                d["attempts"].as_array().map_or(0, Vec::len).to_string(),
+                timestamp(&d["updated_at"]),
+                first_line(d["error"].as_str().unwrap_or(""), 80),
+            ]
+        })
+        .collect();
+    line(output::table(
+        &["ID", "FUNCTION", "QUALIFIER", "ATTEMPTS", "DIED", "ERROR"],
+        &rows,
+    ));
+    if let Some(next) = page["next_before"].as_str() {
+        let of = name.map(|n| format!(" {n}")).unwrap_or_default();
+        line(format!("more: wisp dlq list{of} --before {next}"));
+    }
+    Ok(())
+}
+
+/// `wisp dlq get`.
+async fn dlq_get(ctx: &Ctx, id: &str) -> Result<(), Failure> {
+    let d = ctx.client.dead_letter(id).await?;
+    if ctx.json {
+        output::json(&d);
+        return Ok(());
+    }
+    let mut fields = vec![
+        ("id", text(&d["id"])),
+        ("function", text(&d["function"])),
+        ("qualifier", text(&d["qualifier"])),
+        ("status", text(&d["status"])),
+        ("enqueued_at", timestamp(&d["enqueued_at"])),
+        ("died_at", timestamp(&d["updated_at"])),
+        ("error", first_line(d["error"].as_str().unwrap_or("-"), 200)),
+    ];
+    for key in ["partition_key", "idempotency_key", "replayed_from"] {
+        if let Some(v) = d[key].as_str() {
+            fields.push((key, v.to_string()));
+        }
+    }
+    fields.push(("policy", d["policy"].to_string()));
+    line(output::fields(&fields));
+    line("attempts:");
+    for (i, a) in d["attempts"].as_array().into_iter().flatten().enumerate() {
+        line(format!(
+            "  {}. {} to {}, {}",
+            i + 1,
+            timestamp(&a["started_at"]),
+            timestamp(&a["finished_at"]),
+            text(&a["outcome"]),
+        ));
+        if let Some(e) = a["error"].as_str() {
+            for l in e.lines() {
+                line(format!("     {l}"));
+            }
+        }
+    }
+    let r = &d["request"];
+    line(format!(
+        "request:\n  {} {}",
+        text(&r["method"]),
+        text(&r["path_and_query"])
+    ));
+    for h in r["headers"].as_array().into_iter().flatten() {
+        line(format!(
+            "  {}: {}",
+            text(&h[0]),
+            h[1].as_str().unwrap_or("")
+        ));
+    }
+    let body = r["body"].as_str().unwrap_or("");
+    if !body.is_empty() {
+        line("");
+        line(body);
+    }
+    Ok(())
+}

@@ -87,6 +87,9 @@ enum Command {
         /// Function name
         name: String,
     },
+    /// Inspect, delete and replay dead letters: asynchronous invocations that failed every attempt
+    #[command(subcommand)]
+    Dlq(commands::DlqCommand),
     /// Show invocation counts and latencies over the last 15 minutes
     Stats {
         /// Function name
@@ -322,6 +325,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode, Failure> {
         Command::Logs(args) => c::logs(ctx, args).await?,
         Command::Stats { name } => c::stats(ctx, &name).await?,
         Command::Invocations { name } => c::invocations(ctx, &name).await?,
+        Command::Dlq(cmd) => c::dlq(ctx, cmd).await?,
         Command::Deploy { file, publish } => deploy::run(ctx, &file, publish).await?,
     }
     Ok(ExitCode::SUCCESS)

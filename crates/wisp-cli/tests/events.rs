@@ -195,3 +195,70 @@ async fn the_data_plane_queues_with_the_invocation_type_header() {
     assert_eq!(seen["query"], "q=1");
     assert_eq!(seen["body"], "later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_event() {
+    let mut server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("sleep", "sleep", json!({"max_concurrency": 50}))
+        .await;
+    let mut ids = Vec::new();
+    for b in 0..4 {
+        let batch: Vec<Value> = (0..250)
+            .map(|i| json!({"specversion": "1.0", "id": format!("e{b}-{i}"), "source": "/kill", "type": "t"}))
+            .collect();
+        let res = api
+            .http
+            .post(server.at("/v1/functions/sleep/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Value::Array(batch).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let v: Value = res.json().await.unwrap();
+        ids.extend(
+            v["accepted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(ids.len(), 1000);
+    // Let some run (each sleeps 100 ms by default), then kill mid-way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server = tokio::task::spawn_blocking(move || {
+        server.restart_after_kill9();
+        server
+    })
+    .await
+    .unwrap();
+    let api = Api::new(&server);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pending: Vec<String> = ids;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in pending {
+            let (status, inv) = api
+                .send(Method::GET, &format!("/v1/invocations/{id}"), None)
+                .await;
+            assert_eq!(status, 200, "accepted invocation {id} was lost: {inv}");
+            if !matches!(
+                inv["status"].as_str(),
+                Some("succeeded" | "failed" | "dead")
+            ) {
+                still.push(id);
+            }
+        }
+        pending = still;
+        assert!(
+            Instant::now() < deadline,
+            "{} invocations never finished",
+            pending.len()
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -516,6 +516,80 @@ impl Client {
         self.get(&["v1", "functions", name, "invocations"]).await
     }
 
+    /// `GET /v1/deadletters`: one page of the dead-letter queue, newest
+    /// first (`{deadletters, next_before}`), of one function or of all.
+    /// `limit` is 1 to 1000 (the server's default is 100); `before` is a
+    /// previous page's `next_before`.
+    pub async fn dead_letters(
+        &self,
+        function: Option<&str>,
+        limit: Option<u32>,
+        before: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(f) = function {
+            query.push(("function", f.to_string()));
+        }
+        if let Some(l) = limit {
+            query.push(("limit", l.to_string()));
+        }
+        if let Some(b) = before {
+            query.push(("before", b.to_string()));
+        }
+        let (v, _) = self
+            .call(Method::GET, &["v1", "deadletters"], |r| r.query(&query))
+            .await?;
+        Ok(v)
+    }
+
+    /// `GET /v1/deadletters/{id}`: one dead letter with every attempt's
+    /// error, its original `request` and its `policy`.
+    pub async fn dead_letter(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&["v1", "deadletters", id]).await
+    }
+
+    /// `DELETE /v1/deadletters/{id}`.
+    pub async fn delete_dead_letter(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&["v1", "deadletters", id]).await
+    }
+
+    /// `POST /v1/deadletters/{id}/replay`: queues the dead letter's request
+    /// again under `qualifier` (default: its own) and returns the server's
+    /// answer (`id`, `status_url`, `replayed_from`).
+    pub async fn replay_dead_letter(
+        &self,
+        id: &str,
+        qualifier: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let query: Vec<(&str, &str)> = qualifier.map(|q| ("qualifier", q)).into_iter().collect();
+        let (v, _) = self
+            .call(Method::POST, &["v1", "deadletters", id, "replay"], |r| {
+                r.query(&query)
+            })
+            .await?;
+        Ok(v)
+    }
+
+    /// `POST /v1/deadletters/replay`: replays every dead letter of
+    /// `function` under `qualifier` (default: each one's own) and returns
+    /// the server's answer (`replayed`, a count).
+    pub async fn replay_dead_letters(
+        &self,
+        function: &str,
+        qualifier: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut query = vec![("function", function)];
+        if let Some(q) = qualifier {
+            query.push(("qualifier", q));
+        }
+        let (v, _) = self
+            .call(Method::POST, &["v1", "deadletters", "replay"], |r| {
+                r.query(&query)
+            })
+            .await?;
+        Ok(v)
+    }
+
     /// `GET /v1/functions/{name}/stats`.
     pub async fn stats(&self, name: &str) -> Result<FunctionStats, ClientError> {
         self.get(&["v1", "functions", name, "stats"]).await

@@ -162,6 +162,12 @@ pub trait InvocationQueue: Send + Sync {
         qualifier: Option<String>,
     ) -> Result<usize, QueueError>;
 
+    /// Ends every outstanding lease at once, so the next `lease` redelivers
+    /// (or, for started at-most-once invocations, fails) them. A server
+    /// that is the queue's only executor calls this at start: no executor
+    /// from before the restart is alive. Returns how many leases ended.
+    async fn expire_leases(&self) -> Result<u64, QueueError>;
+
     /// Queued, retrying and running invocations of `function`: what the
     /// depth limit counts.
     async fn depth(&self, function: &FunctionName) -> Result<u64, QueueError>;

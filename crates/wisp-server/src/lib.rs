@@ -246,6 +246,17 @@ pub async fn run(
         max_invoke_body: config.max_invoke_body,
     });
 
+    // This server is the queue's only executor: leases held before a
+    // restart belong to nobody now, so their invocations run again (an
+    // at-most-once invocation that had started is failed, never re-run).
+    match app.queue.expire_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            invocations = n,
+            "redelivering invocations leased before the restart"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not expire old leases"),
+    }
     wisp_api::asynchronous::Dispatcher::start(app.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)

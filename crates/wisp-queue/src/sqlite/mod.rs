@@ -531,6 +531,18 @@ impl InvocationQueue for SqliteQueue {
         }
     }
 
+    async fn expire_leases(&self) -> Result<u64, QueueError> {
+        self.submit((1, 0), |conn, _| {
+            let n = conn.execute(
+                "UPDATE invocations SET lease_expires_ns = 0
+                 WHERE status = 'running' AND lease_expires_ns IS NOT NULL",
+                [],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn depth(&self, function: &FunctionName) -> Result<u64, QueueError> {
         let function = function.clone();
         self.read(move |conn| ops::depth(conn, &function)).await

@@ -325,6 +325,20 @@ async fn at_most_once_never_runs_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn expire_leases_redelivers_at_once() {
+    let (q, _clock, _dir) = open();
+    let id = enqueue_one(&q, inv("f", "x")).await;
+    let first = q.lease(10, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(ids(&first), vec![id.clone()]);
+    assert!(lease_all(&q).await.is_empty(), "still leased");
+    assert_eq!(q.expire_leases().await.unwrap(), 1);
+    let again = lease_all(&q).await;
+    assert_eq!(ids(&again), vec![id]);
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(q.expire_leases().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expired_leases_are_redelivered() {
     let (q, clock, _dir) = open();
     let id = enqueue_one(&q, inv("f", "x")).await;
