@@ -112,7 +112,8 @@ pub(crate) async fn enqueue_request(
     let parsed: Qualifier = qualifier
         .parse()
         .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
-    app.store.resolve(&name, &parsed).await?;
+    let resolved = app.store.resolve(&name, &parsed).await?;
+    let policy = queue_policy(&resolved.primary.config.async_policy);
     let header = |n: &str| {
         headers
             .get(n)
@@ -120,10 +121,29 @@ pub(crate) async fn enqueue_request(
             .map(str::to_string)
     };
     let mut invocation = NewInvocation::new(name, qualifier, request);
+    invocation.policy = policy;
     invocation.partition_key = header(PARTITION_KEY_HEADER);
     invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
     let mut accepted = enqueue(app, vec![invocation]).await?;
     Ok(accepted.pop().unwrap_or_default())
+}
+
+/// The queue's form of a function's asynchronous policy.
+pub(crate) fn queue_policy(c: &wisp_core::AsyncConfig) -> wisp_queue::policy::AsyncPolicy {
+    use wisp_queue::policy::Semantics as Q;
+    wisp_queue::policy::AsyncPolicy {
+        max_retries: c.max_retries,
+        backoff_min: Duration::from_millis(c.backoff_min_ms),
+        backoff_max: Duration::from_millis(c.backoff_max_ms),
+        max_event_age: Duration::from_millis(c.max_event_age_ms),
+        semantics: match c.semantics {
+            wisp_core::Semantics::AtLeastOnce => Q::AtLeastOnce,
+            wisp_core::Semantics::AtMostOnce => Q::AtMostOnce,
+            wisp_core::Semantics::EffectivelyOnce => Q::EffectivelyOnce,
+        },
+        idempotency_window: Duration::from_millis(c.idempotency_window_ms),
+        retry_on_4xx: c.retry_on_4xx,
+    }
 }
 
 /// Request headers worth keeping for a queued invocation.

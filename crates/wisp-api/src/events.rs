@@ -44,10 +44,16 @@ impl From<EventError> for ApiError {
     }
 }
 
-/// The queued form of one event: a binary-mode POST to `/`, deduplicated
-/// by `source` + `id` (CloudEvents' identity of an event), ordered by the
-/// `partitionkey` extension when present.
-fn invocation(name: &wisp_core::FunctionName, qualifier: &str, event: &Event) -> NewInvocation {
+/// The queued form of one event: a binary-mode POST to `/`, ordered by the
+/// `partitionkey` extension when present, and for effectively-once
+/// functions deduplicated by `source` + `id` (CloudEvents' identity of an
+/// event).
+fn invocation(
+    name: &wisp_core::FunctionName,
+    qualifier: &str,
+    policy: &wisp_core::AsyncConfig,
+    event: &Event,
+) -> NewInvocation {
     let request = wisp_events::to_binary_request(event, "/");
     let (parts, body) = request.into_parts();
     let headers = parts
@@ -69,14 +75,18 @@ fn invocation(name: &wisp_core::FunctionName, qualifier: &str, event: &Event) ->
         .extension("partitionkey")
         .map(|v| v.to_string())
         .filter(|k| !k.is_empty());
-    inv.idempotency_key = Some(format!("{}\u{0}{}", event.source(), event.id()));
+    if policy.semantics == wisp_core::Semantics::EffectivelyOnce {
+        inv.idempotency_key = Some(format!("{}\u{0}{}", event.source(), event.id()));
+    }
+    inv.policy = crate::asynchronous::queue_policy(policy);
     inv
 }
 
 /// Accept CloudEvents for a function: binary mode (`ce-*` headers),
 /// structured (`application/cloudevents+json`) or batch
 /// (`application/cloudevents-batch+json`). Each event is queued as an
-/// asynchronous invocation; an event whose `source` and `id` were seen
+/// asynchronous invocation under the function's `async_policy`; for an
+/// effectively-once function, an event whose `source` and `id` were seen
 /// before (within the idempotency window) gets its original invocation id.
 #[utoipa::path(post, path = "/v1/functions/{name}/events", tag = "invocations",
     params(("name" = String, Path, description = "Function name"), EventsQuery),
@@ -96,7 +106,8 @@ pub async fn post_events(
     let parsed: Qualifier = qualifier
         .parse()
         .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
-    app.store.resolve(&name, &parsed).await?;
+    let resolved = app.store.resolve(&name, &parsed).await?;
+    let policy = resolved.primary.config.async_policy.clone();
     let bytes = read_body(body, MAX_EVENTS_BODY_BYTES).await?;
     let mut request = Request::new(());
     *request.headers_mut() = headers.clone();
@@ -105,7 +116,7 @@ pub async fn post_events(
     let events = wisp_events::parse_request(&parts, bytes)?;
     let mut batch: Vec<NewInvocation> = events
         .iter()
-        .map(|e| invocation(&name, &qualifier, e))
+        .map(|e| invocation(&name, &qualifier, &policy, e))
         .collect();
     // A partition key header applies to events that do not carry one.
     if let Some(key) = headers

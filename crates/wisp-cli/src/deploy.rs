@@ -67,6 +67,7 @@ fn put_input(spec: &FunctionSpec, digest: &str) -> FunctionInput {
         max_concurrency: Some(c.max_concurrency),
         min_instances: Some(c.min_instances),
         max_requests_per_instance: Some(c.max_requests_per_instance),
+        async_policy: Some(c.async_policy),
     }
 }
 

@@ -11,6 +11,9 @@
 //! max_concurrency = 10                              # optional
 //! min_instances = 1                                 # optional
 //! max_requests_per_instance = 100                   # optional
+//! [function.async_policy]                           # optional, every key optional
+//! max_retries = 2
+//! semantics = "at_least_once"                       # or "at_most_once", "effectively_once"
 //! [function.env]                                    # optional
 //! KEY = "value"
 //! [function.labels]                                 # optional
@@ -59,6 +62,7 @@ struct RawFunction {
     max_concurrency: Option<u32>,
     min_instances: Option<u32>,
     max_requests_per_instance: Option<u32>,
+    async_policy: Option<wisp_core::AsyncConfig>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -153,6 +157,7 @@ impl Manifest {
                 max_requests_per_instance: f
                     .max_requests_per_instance
                     .unwrap_or(defaults.max_requests_per_instance),
+                async_policy: f.async_policy.unwrap_or_default(),
             };
             config
                 .validate()

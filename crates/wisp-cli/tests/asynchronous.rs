@@ -160,3 +160,69 @@ fn the_cli_queues_and_lists_invocations() {
         "{table:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_async_policy_governs_retries_and_deduplication() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy(
+        "panic",
+        "panic",
+        json!({"async_policy": {"max_retries": 0}}),
+    )
+    .await;
+    let (_, accepted) = api
+        .send(Method::POST, "/v1/functions/panic/invocations", None)
+        .await;
+    let inv = wait_final(
+        &api,
+        accepted["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(inv["status"], "dead", "{inv}");
+    assert_eq!(
+        inv["attempts"].as_array().unwrap().len(),
+        1,
+        "max_retries 0: {inv}"
+    );
+
+    // Invalid policies name the field.
+    let (status, err) = api
+        .send(
+            Method::PATCH,
+            "/v1/functions/panic",
+            Some(json!({"async_policy": {"max_retries": 11}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["field"], "async_policy.max_retries");
+
+    // At-least-once (the default) takes the same event twice; effectively-once folds it.
+    let event = json!({"specversion": "1.0", "id": "x", "source": "/p", "type": "t"}).to_string();
+    for (name, semantics, dup) in [
+        ("alo", "at_least_once", false),
+        ("eo", "effectively_once", true),
+    ] {
+        api.deploy(
+            name,
+            "hello",
+            json!({"async_policy": {"semantics": semantics}}),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let res = api
+                .http
+                .post(server.at(&format!("/v1/functions/{name}/events")))
+                .header("content-type", "application/cloudevents+json")
+                .body(event.clone())
+                .send()
+                .await
+                .unwrap();
+            let v: Value = res.json().await.unwrap();
+            ids.push(v["accepted"][0]["id"].as_str().unwrap().to_string());
+        }
+        assert_eq!(ids[0] == ids[1], dup, "{semantics}: {ids:?}");
+    }
+}

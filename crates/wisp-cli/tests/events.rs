@@ -107,7 +107,12 @@ async fn events_in_every_mode_reach_the_function_in_binary_mode() {
 async fn invalid_events_name_the_attribute_and_duplicates_are_folded() {
     let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
     let api = Api::new(&server);
-    api.deploy("hello", "hello", json!({})).await;
+    api.deploy(
+        "hello",
+        "hello",
+        json!({"async_policy": {"semantics": "effectively_once"}}),
+    )
+    .await;
     let url = server.at("/v1/functions/hello/events");
 
     let missing_id = json!({"specversion": "1.0", "source": "/s", "type": "t"});

@@ -30,4 +30,4 @@ pub use invoke::{
 };
 pub use model::*;
 pub use names::{AliasName, FunctionName, NameError, Qualifier, Target};
-pub use spec::{FunctionConfig, ValidationError};
+pub use spec::{AsyncConfig, FunctionConfig, Semantics, ValidationError};

@@ -47,6 +47,15 @@ pub const MAX_MIN_INSTANCES: u32 = 1000;
 /// Largest `max_requests_per_instance` (opt-in instance reuse).
 pub const MAX_REQUESTS_PER_INSTANCE: u32 = 100_000;
 
+/// Most retries of an asynchronous invocation.
+pub const MAX_ASYNC_RETRIES: u32 = 10;
+/// Longest backoff between retries, in milliseconds (1 hour).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Longest max event age, in milliseconds (6 hours, as Lambda).
+pub const MAX_EVENT_AGE_MS: u64 = 6 * 3_600_000;
+/// Longest idempotency window, in milliseconds (7 days).
+pub const MAX_IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
 /// Captured stdout, and separately stderr, per invocation, in bytes (64 KiB).
 pub const MAX_LOG_BYTES_PER_STREAM: usize = 64 * 1024;
 /// Most log records returned by one logs query.

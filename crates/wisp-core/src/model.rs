@@ -181,6 +181,9 @@ pub struct FunctionInput {
     /// See [`FunctionConfig::max_requests_per_instance`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_instance: Option<u32>,
+    /// See [`FunctionConfig::async_policy`] (replaced whole when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_policy: Option<crate::spec::AsyncConfig>,
 }
 
 impl FunctionInput {
@@ -201,6 +204,10 @@ impl FunctionInput {
             max_requests_per_instance: self
                 .max_requests_per_instance
                 .unwrap_or(base.max_requests_per_instance),
+            async_policy: self
+                .async_policy
+                .clone()
+                .unwrap_or_else(|| base.async_policy.clone()),
         };
         config.validate()?;
         Ok(config)

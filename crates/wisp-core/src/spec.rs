@@ -50,6 +50,97 @@ pub struct FunctionConfig {
     /// lets a function keep caches and connections between requests.
     #[serde(default = "default_requests_per_instance")]
     pub max_requests_per_instance: u32,
+    /// How asynchronous invocations and events of this version are retried,
+    /// aged out and deduplicated.
+    #[serde(default)]
+    pub async_policy: AsyncConfig,
+}
+
+/// Delivery guarantee of asynchronous invocations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Semantics {
+    /// Retried until it succeeds or its retries run out; may run twice
+    /// after a crash.
+    #[default]
+    AtLeastOnce,
+    /// Marked started before it runs; never retried, never re-run.
+    AtMostOnce,
+    /// At least once, and a request whose idempotency key was seen within
+    /// the window is accepted only once.
+    EffectivelyOnce,
+}
+
+/// A function's asynchronous-invocation policy. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsyncConfig {
+    /// Retries after the first attempt (0 to 10).
+    pub max_retries: u32,
+    /// Smallest backoff before a retry, in milliseconds.
+    pub backoff_min_ms: u64,
+    /// Largest backoff before a retry, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// An invocation older than this is dead-lettered instead of run (ms).
+    pub max_event_age_ms: u64,
+    /// Delivery guarantee.
+    pub semantics: Semantics,
+    /// How long an idempotency key is remembered (ms).
+    pub idempotency_window_ms: u64,
+    /// Retry when the function answers 4xx (by default a 4xx is final).
+    pub retry_on_4xx: bool,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            max_retries: 2,
+            backoff_min_ms: 1000,
+            backoff_max_ms: 300_000,
+            max_event_age_ms: 6 * 3600 * 1000,
+            semantics: Semantics::AtLeastOnce,
+            idempotency_window_ms: 24 * 3600 * 1000,
+            retry_on_4xx: false,
+        }
+    }
+}
+
+impl AsyncConfig {
+    /// Checks every field against the documented ranges.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let field = |f: &str| format!("async_policy.{f}");
+        if self.max_retries > MAX_ASYNC_RETRIES {
+            return Err(ValidationError::new(
+                field("max_retries"),
+                format!("must be from 0 to {MAX_ASYNC_RETRIES}"),
+            ));
+        }
+        if !(1..=MAX_BACKOFF_MS).contains(&self.backoff_min_ms) {
+            return Err(ValidationError::new(
+                field("backoff_min_ms"),
+                format!("must be from 1 to {MAX_BACKOFF_MS}"),
+            ));
+        }
+        if !(self.backoff_min_ms..=MAX_BACKOFF_MS).contains(&self.backoff_max_ms) {
+            return Err(ValidationError::new(
+                field("backoff_max_ms"),
+                format!("must be from backoff_min_ms to {MAX_BACKOFF_MS}"),
+            ));
+        }
+        if !(1000..=MAX_EVENT_AGE_MS).contains(&self.max_event_age_ms) {
+            return Err(ValidationError::new(
+                field("max_event_age_ms"),
+                format!("must be from 1000 to {MAX_EVENT_AGE_MS}"),
+            ));
+        }
+        if !(1000..=MAX_IDEMPOTENCY_WINDOW_MS).contains(&self.idempotency_window_ms) {
+            return Err(ValidationError::new(
+                field("idempotency_window_ms"),
+                format!("must be from 1000 to {MAX_IDEMPOTENCY_WINDOW_MS}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_requests_per_instance() -> u32 {
@@ -67,6 +158,7 @@ impl Default for FunctionConfig {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             min_instances: 0,
             max_requests_per_instance: 1,
+            async_policy: AsyncConfig::default(),
         }
     }
 }
@@ -195,6 +287,7 @@ impl FunctionConfig {
                 "cannot be more than max_concurrency",
             ));
         }
+        self.async_policy.validate()?;
         if !(1..=MAX_REQUESTS_PER_INSTANCE).contains(&self.max_requests_per_instance) {
             return Err(ValidationError::new(
                 "max_requests_per_instance",
@@ -258,6 +351,12 @@ mod tests {
             }),
             "description"
         );
+        let mut c = d();
+        c.async_policy.max_retries = 11;
+        assert_eq!(field_of(c), "async_policy.max_retries");
+        let mut c = d();
+        c.async_policy.backoff_max_ms = 10;
+        assert_eq!(field_of(c), "async_policy.backoff_max_ms");
         let mut c = d();
         c.env.insert("WISP_FUNCTION_NAME".into(), "x".into());
         assert_eq!(field_of(c), "env.WISP_FUNCTION_NAME");

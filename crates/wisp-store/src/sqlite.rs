@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -60,7 +60,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE functions (
@@ -140,12 +140,18 @@ ALTER TABLE versions ADD COLUMN min_instances INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE versions ADD COLUMN max_requests_per_instance INTEGER NOT NULL DEFAULT 1;
 "#;
 
+/// The asynchronous-invocation policy, as JSON (defaults fill absent keys).
+const SCHEMA_V3: &str = r#"
+ALTER TABLE functions ADD COLUMN async_policy TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE versions ADD COLUMN async_policy TEXT NOT NULL DEFAULT '{}';
+"#;
+
 /// The config columns shared by `functions` and `versions`, in the order
 /// [`read_code_and_config`] expects.
 const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, memory_mib, \
-     timeout_ms, max_concurrency, min_instances, max_requests_per_instance";
+     timeout_ms, max_concurrency, min_instances, max_requests_per_instance, async_policy";
 /// How many columns [`CONFIG_COLUMNS`] names.
-const CONFIG_COLUMN_COUNT: usize = 10;
+const CONFIG_COLUMN_COUNT: usize = 11;
 
 /// Resolved qualifiers of one function, keyed by the qualifier's string form.
 type FunctionCache = HashMap<String, Resolved>;
@@ -382,8 +388,8 @@ fn signed(value: u64, field: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| ValidationError::new(field, "is too large").into())
 }
 
-fn json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
-    serde_json::to_string(map).map_err(|e| StoreError::Database(e.to_string()))
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Database(e.to_string()))
 }
 
 /// Whether `e` is an SQLite constraint violation with this extended code.
@@ -410,6 +416,7 @@ fn read_code_and_config(
         max_concurrency: row.get(i + 7)?,
         min_instances: row.get(i + 8)?,
         max_requests_per_instance: row.get(i + 9)?,
+        async_policy: row.get::<_, Json<_>>(i + 10)?.0,
     };
     Ok((digest, size, config))
 }
@@ -657,7 +664,7 @@ fn put_function_tx(
                 "UPDATE functions SET code_digest = ?2, code_size = ?3, description = ?4,
                     labels = ?5, env = ?6, memory_mib = ?7, timeout_ms = ?8,
                     max_concurrency = ?9, min_instances = ?10,
-                    max_requests_per_instance = ?11, updated_ns = ?12
+                    max_requests_per_instance = ?11, async_policy = ?13, updated_ns = ?12
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -673,12 +680,13 @@ fn put_function_tx(
                 config.min_instances,
                 config.max_requests_per_instance,
                 now,
+                json(&config.async_policy)?,
             ])?;
         }
         None => {
             let sql = format!(
                 "INSERT INTO functions (name, {CONFIG_COLUMNS}, created_ns, updated_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)"
             );
             tx.prepare_cached(&sql)?
                 .execute(params![
@@ -693,6 +701,7 @@ fn put_function_tx(
                     config.max_concurrency,
                     config.min_instances,
                     config.max_requests_per_instance,
+                    json(&config.async_policy)?,
                     now,
                 ])
                 .map_err(|e| {
@@ -725,7 +734,7 @@ fn publish_tx(
     let latest = &row.latest;
     let sql = format!(
         "INSERT INTO versions (function_id, version, {CONFIG_COLUMNS}, created_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         row.id,
@@ -740,6 +749,7 @@ fn publish_tx(
         latest.config.max_concurrency,
         latest.config.min_instances,
         latest.config.max_requests_per_instance,
+        json(&latest.config.async_policy)?,
         to_ns(Utc::now()),
     ])?;
     tx.prepare_cached("UPDATE functions SET next_version = ?2 WHERE id = ?1")?
@@ -1276,7 +1286,7 @@ mod tests {
         Digest::of(&[n]).to_string()
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -1412,6 +1422,11 @@ mod tests {
             max_concurrency: Some(7),
             min_instances: Some(2),
             max_requests_per_instance: Some(50),
+            async_policy: Some(wisp_core::AsyncConfig {
+                max_retries: 5,
+                semantics: wisp_core::Semantics::AtMostOnce,
+                ..Default::default()
+            }),
         };
         let (created, was_created) = store
             .put_function(hello.clone(), &full, 4242, WriteMode::Create)
@@ -1430,6 +1445,11 @@ mod tests {
         assert_eq!(latest.config.max_concurrency, 7);
         assert_eq!(latest.config.min_instances, 2);
         assert_eq!(latest.config.max_requests_per_instance, 50);
+        assert_eq!(latest.config.async_policy.max_retries, 5);
+        assert_eq!(
+            latest.config.async_policy.semantics,
+            wisp_core::Semantics::AtMostOnce
+        );
         assert_eq!(latest.created_at, latest.updated_at);
         assert!(created.published_versions.is_empty());
         assert!(created.aliases.is_empty());
