@@ -333,8 +333,130 @@ async fn run_one(app: &AppState, item: Leased) {
             return;
         }
     };
-    if let Err(e) = app.queue.complete(&lease, completion).await {
-        tracing::warn!(id = %lease.id, error = %e, "could not record an invocation's outcome");
+    let outcome = match &completion {
+        Completion::Succeeded { response } => Ok(response.clone()),
+        Completion::Failed { error, .. } => Err(error.clone()),
+    };
+    match app.queue.complete(&lease, completion).await {
+        Ok(status) => destinations::deliver(app, &item, status, outcome).await,
+        Err(e) => {
+            tracing::warn!(id = %lease.id, error = %e, "could not record an invocation's outcome")
+        }
+    }
+}
+
+/// On-success and on-failure destinations: an event to another function.
+mod destinations {
+    use super::*;
+    use wisp_events::{Event, EventBuilder, EventBuilderV10};
+
+    fn event(item: &Leased, kind: &str, data: serde_json::Value) -> Option<Event> {
+        let inv = &item.invocation;
+        EventBuilderV10::new()
+            .id(format!("{}-{kind}", inv.id))
+            .source(format!("/wisp/functions/{}", inv.function))
+            .ty(format!("wisp.invocation.{kind}"))
+            .subject(inv.id.clone())
+            .data("application/json", data)
+            .build()
+            .ok()
+    }
+
+    /// The event an on-success destination gets: the function's reply
+    /// event if it answered with one, else the response wrapped.
+    fn success_event(item: &Leased, response: &StoredResponse) -> Option<Event> {
+        let mut builder = http::Response::builder().status(response.status);
+        for (k, v) in &response.headers {
+            builder = builder.header(k, v);
+        }
+        if let Ok(res) = builder.body(()) {
+            let (parts, ()) = res.into_parts();
+            match wisp_events::reply_from_response(
+                &parts,
+                bytes::Bytes::from(response.body.clone()),
+            ) {
+                Ok(Some(reply)) => return Some(reply),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(id = %item.invocation.id, error = %e, "invalid reply event")
+                }
+            }
+        }
+        event(
+            item,
+            "succeeded",
+            serde_json::json!({
+                "invocation_id": item.invocation.id,
+                "function": item.invocation.function,
+                "status": response.status,
+                "body": String::from_utf8_lossy(&response.body),
+            }),
+        )
+    }
+
+    pub(super) async fn deliver(
+        app: &AppState,
+        item: &Leased,
+        status: Status,
+        outcome: Result<StoredResponse, String>,
+    ) {
+        let inv = &item.invocation;
+        let Ok(qualifier) = inv.qualifier.parse::<Qualifier>() else {
+            return;
+        };
+        let Ok(resolved) = app.store.resolve(&inv.function, &qualifier).await else {
+            return;
+        };
+        let policy = &resolved.primary.config.async_policy;
+        let (target, event) = match (status, &outcome) {
+            (Status::Succeeded, Ok(response)) => match &policy.on_success {
+                Some(t) => (t, success_event(item, response)),
+                None => return,
+            },
+            (Status::Dead | Status::Failed, Err(error)) => match &policy.on_failure {
+                Some(t) => (
+                    t,
+                    event(
+                        item,
+                        "failed",
+                        serde_json::json!({
+                            "invocation_id": inv.id,
+                            "function": inv.function,
+                            "error": error,
+                            "attempt": item.attempt,
+                            "request": {
+                                "method": item.request.method,
+                                "path": item.request.path_and_query,
+                                "body": String::from_utf8_lossy(&item.request.body),
+                            },
+                        }),
+                    ),
+                ),
+                None => return,
+            },
+            _ => return,
+        };
+        let Some(event) = event else { return };
+        let Ok(target) = target.parse::<wisp_core::Target>() else {
+            return;
+        };
+        let resolved = match app.store.resolve(&target.name, &target.qualifier).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(id = %inv.id, destination = %target, error = %e, "destination unavailable; event not delivered");
+                return;
+            }
+        };
+        let dest_policy = resolved.primary.config.async_policy.clone();
+        let next = crate::events::invocation(
+            &target.name,
+            &target.qualifier.to_string(),
+            &dest_policy,
+            &event,
+        );
+        if let Err(e) = enqueue(app, vec![next]).await {
+            tracing::warn!(id = %inv.id, destination = %target, error = %e, "could not queue the destination event");
+        }
     }
 }
 

@@ -48,7 +48,7 @@ impl From<EventError> for ApiError {
 /// `partitionkey` extension when present, and for effectively-once
 /// functions deduplicated by `source` + `id` (CloudEvents' identity of an
 /// event).
-fn invocation(
+pub(crate) fn invocation(
     name: &wisp_core::FunctionName,
     qualifier: &str,
     policy: &wisp_core::AsyncConfig,

@@ -226,3 +226,84 @@ async fn the_function_async_policy_governs_retries_and_deduplication() {
         assert_eq!(ids[0] == ids[1], dup, "{semantics}: {ids:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_receive_success_and_failure_events() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("sink", "echo", json!({})).await;
+    api.deploy(
+        "ok",
+        "hello",
+        json!({"async_policy": {"on_success": "sink"}}),
+    )
+    .await;
+    api.deploy(
+        "bad",
+        "panic",
+        json!({"async_policy": {"max_retries": 0, "on_failure": "sink:latest"}}),
+    )
+    .await;
+    let (_, a) = api
+        .send(Method::POST, "/v1/functions/ok/invocations", None)
+        .await;
+    let (_, b) = api
+        .send(Method::POST, "/v1/functions/bad/invocations", None)
+        .await;
+    let ok_id = a["id"].as_str().unwrap().to_string();
+    let bad_id = b["id"].as_str().unwrap().to_string();
+    wait_final(&api, &ok_id, Duration::from_secs(30)).await;
+    wait_final(&api, &bad_id, Duration::from_secs(30)).await;
+
+    // The sink gets one event per outcome, in binary mode.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut types = std::collections::BTreeMap::new();
+    while types.len() < 2 {
+        let (_, list) = api
+            .send(
+                Method::GET,
+                "/v1/functions/sink/invocations?status=succeeded",
+                None,
+            )
+            .await;
+        for listed in list["invocations"].as_array().unwrap() {
+            // Lists leave results out; fetch each one.
+            let id = listed["id"].as_str().unwrap();
+            let (_, inv) = api
+                .send(Method::GET, &format!("/v1/invocations/{id}"), None)
+                .await;
+            let seen: Value = serde_json::from_str(inv["result"]["body"].as_str().unwrap_or("{}"))
+                .unwrap_or_default();
+            if let Some(t) = seen["headers"]["ce-type"].as_str() {
+                types.insert(t.to_string(), seen);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "destination events never arrived: {types:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ok = &types["wisp.invocation.succeeded"];
+    assert_eq!(ok["headers"]["ce-subject"], ok_id.as_str());
+    let data: Value = serde_json::from_str(ok["body"].as_str().unwrap()).unwrap();
+    assert_eq!(data["body"], "Hello from Wisp!\n");
+    let bad = &types["wisp.invocation.failed"];
+    let data: Value = serde_json::from_str(bad["body"].as_str().unwrap()).unwrap();
+    assert_eq!(data["invocation_id"], bad_id.as_str());
+    assert!(
+        data["error"].as_str().unwrap().contains("trapped"),
+        "{data}"
+    );
+
+    // A destination must be a valid target.
+    let (status, err) = api
+        .send(
+            Method::PATCH,
+            "/v1/functions/ok",
+            Some(json!({"async_policy": {"on_success": "Not Valid"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["field"], "async_policy.on_success");
+}

@@ -89,6 +89,14 @@ pub struct AsyncConfig {
     pub idempotency_window_ms: u64,
     /// Retry when the function answers 4xx (by default a 4xx is final).
     pub retry_on_4xx: bool,
+    /// `NAME[:QUALIFIER]` of a function that receives an event for each
+    /// success: the function's reply event if it answered with one, else a
+    /// `wisp.invocation.succeeded` event carrying the response.
+    pub on_success: Option<String>,
+    /// `NAME[:QUALIFIER]` of a function that receives a
+    /// `wisp.invocation.failed` event for each invocation that ends failed
+    /// or dead (it is dead-lettered as well).
+    pub on_failure: Option<String>,
 }
 
 impl Default for AsyncConfig {
@@ -101,6 +109,8 @@ impl Default for AsyncConfig {
             semantics: Semantics::AtLeastOnce,
             idempotency_window_ms: 24 * 3600 * 1000,
             retry_on_4xx: false,
+            on_success: None,
+            on_failure: None,
         }
     }
 }
@@ -132,6 +142,16 @@ impl AsyncConfig {
                 field("max_event_age_ms"),
                 format!("must be from 1000 to {MAX_EVENT_AGE_MS}"),
             ));
+        }
+        for (name, dest) in [
+            ("on_success", &self.on_success),
+            ("on_failure", &self.on_failure),
+        ] {
+            if let Some(d) = dest {
+                d.parse::<crate::Target>().map_err(|e| {
+                    ValidationError::new(field(name), format!("`{d}` is not NAME[:QUALIFIER]: {e}"))
+                })?;
+            }
         }
         if !(1000..=MAX_IDEMPOTENCY_WINDOW_MS).contains(&self.idempotency_window_ms) {
             return Err(ValidationError::new(
