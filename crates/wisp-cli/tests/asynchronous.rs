@@ -307,3 +307,58 @@ async fn destinations_receive_success_and_failure_events() {
     assert_eq!(status, 400);
     assert_eq!(err["field"], "async_policy.on_success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_event_is_published_to_the_success_destination() {
+    let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
+    let api = Api::new(&server);
+    api.deploy("sink", "echo", json!({})).await;
+    api.deploy(
+        "replier",
+        "reply",
+        json!({"async_policy": {"on_success": "sink"}}),
+    )
+    .await;
+    let res = api
+        .http
+        .post(server.at("/v1/functions/replier/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "order-1")
+        .header("ce-source", "/shop")
+        .header("ce-type", "com.example.order")
+        .header("content-type", "text/plain")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = api
+            .send(
+                Method::GET,
+                "/v1/functions/sink/invocations?status=succeeded",
+                None,
+            )
+            .await;
+        if let Some(listed) = list["invocations"].as_array().unwrap().first() {
+            let id = listed["id"].as_str().unwrap();
+            let (_, inv) = api
+                .send(Method::GET, &format!("/v1/invocations/{id}"), None)
+                .await;
+            let seen: Value =
+                serde_json::from_str(inv["result"]["body"].as_str().unwrap()).unwrap();
+            // The sink received the function's own reply event, not a wrapper.
+            assert_eq!(seen["headers"]["ce-type"], "com.example.reply");
+            assert_eq!(seen["headers"]["ce-id"], "reply-to-order-1");
+            assert_eq!(seen["headers"]["ce-source"], "/examples/reply");
+            assert_eq!(seen["body"], "payload");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply event never reached the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
