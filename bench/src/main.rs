@@ -2,14 +2,15 @@
 //!
 //! ```sh
 //! cargo run --release -p wisp-bench                       # every section
-//! cargo run --release -p wisp-bench -- throughput cold    # some sections
+//! cargo run --release -p wisp-bench -- throughput cold    # some sections (the others'
+//!                                                         # results in latest.json are kept)
 //! cargo run --release -p wisp-bench -- --quick            # smaller counts, shorter points
 //! cargo run --release -p wisp-bench -- --report-only      # only rewrite the markdown
 //! ```
 //!
 //! The analysis under a missed target is written by hand in
 //! `bench/analysis/<section>.md` (`throughput`, `cold`, `burst`,
-//! `density`) and included in the report, so regenerating it loses nothing.
+//! `density`, `async`) and included in the report, so regenerating it loses nothing.
 //!
 //! It builds the release `wisp` binary, the examples and the hyper
 //! baseline, installs its load generator (`oha`, else `wrk`) and `wasmtime
@@ -20,8 +21,9 @@
 //! test suite.
 //!
 //! Sections: `throughput` ([`baselines`]), `cold` ([`cold`]), `density`
-//! ([`density`]), `burst` ([`burst`]).
+//! ([`density`]), `burst` ([`burst`]), `async` ([`asynchronous`]).
 
+mod asynchronous;
 mod baselines;
 mod burst;
 mod cold;
@@ -39,12 +41,13 @@ use util::progress;
 use wisp_testkit::{Server, example, example_bytes, repo_root};
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 4] = ["throughput", "cold", "burst", "density"];
+const SECTIONS: [&str; 5] = ["throughput", "cold", "burst", "density", "async"];
 
 const USAGE: &str =
     "usage: cargo run --release -p wisp-bench -- [--quick] [--wisp-bin PATH] [SECTION...]
 
-Sections (default: all): throughput, cold, burst, density.
+Sections (default: all): throughput, cold, burst, density, async.
+Results of sections not run are kept from bench/results/latest.json.
   --quick          smaller counts and 3 s load points, for development
   --wisp-bin PATH  use this `wisp` binary instead of building the release one
   --report-only    only regenerate docs/benchmarks.md from bench/results/latest.json
@@ -189,6 +192,47 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// Copies into `results` the sections of `bench/results/latest.json` that
+/// this run does not measure (and `wasmtime_serve` when `throughput` is
+/// not run). Answers the sections kept and the run of every section in the
+/// file; a file from before `runs` existed describes a single run.
+fn keep_earlier(
+    results: &mut Value,
+    measuring: &[String],
+) -> (Vec<String>, serde_json::Map<String, Value>) {
+    let previous = report::read_latest().unwrap_or(Value::Null);
+    let mut runs = previous["runs"].as_object().cloned().unwrap_or_default();
+    if runs.is_empty()
+        && let Some(sections) = previous["sections"].as_array()
+    {
+        for s in sections.iter().filter_map(|s| s.as_str()) {
+            runs.insert(
+                s.to_string(),
+                json!({
+                    "date": previous["date"],
+                    "quick": previous["quick"],
+                    "seconds": previous["total_seconds"],
+                }),
+            );
+        }
+    }
+    let mut kept = Vec::new();
+    for s in SECTIONS {
+        let measured = measuring.iter().any(|m| m == s);
+        if measured || previous[s].is_null() {
+            runs.remove(s);
+            continue;
+        }
+        results[s] = previous[s].clone();
+        kept.push(s.to_string());
+    }
+    if !measuring.iter().any(|m| m == "throughput") && !previous["wasmtime_serve"].is_null() {
+        results["wasmtime_serve"] = previous["wasmtime_serve"].clone();
+    }
+    results["runs"] = Value::Object(runs.clone());
+    (kept, runs)
+}
+
 fn main() {
     let args = parse_args();
     let started = Instant::now();
@@ -258,12 +302,12 @@ fn main() {
         caps,
     };
 
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let mut results = json!({
-        "date": chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        "date": date,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu_model(),
         "quick": args.quick,
-        "sections": args.sections,
         "wasmtime_serve": match &ctx.wasmtime {
             Ok(p) => json!({"version": tools::output_of(p, &["--version"]).map(|s| s.trim().to_string())}),
             Err(e) => json!({"error": e}),
@@ -273,6 +317,15 @@ fn main() {
             "idle_timeout_flag": ctx.caps.idle_timeout_flag,
         },
     });
+    // Sections not run this time keep their results from the last file,
+    // each with the run that measured it (`runs`).
+    let (kept, mut runs) = keep_earlier(&mut results, &args.sections);
+    results["sections"] = json!(
+        SECTIONS
+            .iter()
+            .filter(|s| wants(s) || kept.contains(&s.to_string()))
+            .collect::<Vec<_>>()
+    );
     for section in SECTIONS {
         if !wants(section) {
             continue;
@@ -285,6 +338,7 @@ fn main() {
                 "cold" => cold::run(&ctx, !wants("density")).await,
                 "burst" => burst::run(&ctx).await,
                 "density" => density::run(&ctx).await,
+                "async" => asynchronous::run(&ctx).await,
                 _ => unreachable!(),
             }
         });
@@ -293,6 +347,11 @@ fn main() {
             t.elapsed().as_secs_f64()
         ));
         results[section] = v;
+        runs.insert(
+            section.to_string(),
+            json!({"date": date, "quick": args.quick, "seconds": t.elapsed().as_secs()}),
+        );
+        results["runs"] = Value::Object(runs.clone());
         // Keep partial results if a later section fails.
         report::write(&results);
     }

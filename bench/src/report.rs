@@ -1,22 +1,26 @@
 //! Writes `bench/results/latest.json` and regenerates `docs/benchmarks.md`
-//! from it: a header, a summary of issue 3's targets, then one section per
-//! benchmark with its targets beside the measured figures and an analysis
-//! placeholder under every missed target.
+//! from it: a header, a summary of the targets (issue 3's, and issue 4's
+//! for asynchronous invocation), then one section per benchmark with its
+//! targets beside the measured figures and an analysis placeholder under
+//! every missed target.
 
 use crate::baselines::{CONCURRENCY, point};
 use serde_json::Value;
 use std::fmt::Write as _;
 use wisp_testkit::repo_root;
 
+/// Reads `bench/results/latest.json`.
+pub fn read_latest() -> Result<Value, String> {
+    let path = repo_root().join("bench/results/latest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Regenerates `docs/benchmarks.md` from `bench/results/latest.json`
 /// (after editing `bench/analysis/*.md`, say), without measuring anything.
 pub fn rewrite_from_json() -> Result<(), String> {
-    let root = repo_root();
-    let path = root.join("bench/results/latest.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let results: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::write(root.join("docs/benchmarks.md"), markdown(&results))
+    let results = read_latest()?;
+    std::fs::write(repo_root().join("docs/benchmarks.md"), markdown(&results))
         .map_err(|e| format!("writing docs/benchmarks.md: {e}"))
 }
 
@@ -58,9 +62,11 @@ fn int(v: &Value) -> String {
     out
 }
 
-/// One of issue 3's targets, checked against this run.
+/// One of the issues' targets, checked against this run.
 struct Check {
     section: &'static str,
+    /// The issue that set it.
+    issue: u32,
     what: String,
     target: String,
     measured: String,
@@ -105,6 +111,7 @@ fn checks(r: &Value) -> Vec<Check> {
         out.push(match (wr, tr) {
             (Some(w), Some(x)) if x > 0.0 => Check {
                 section: "throughput",
+                issue: 3,
                 what: "hello throughput at c=32, fresh instance per request".into(),
                 target: "≥ 2.5× wasmtime serve".into(),
                 measured: format!("{:.2}× ({w:.0} vs {x:.0} rps)", w / x),
@@ -117,6 +124,7 @@ fn checks(r: &Value) -> Vec<Check> {
             },
             _ => Check {
                 section: "throughput",
+                issue: 3,
                 what: "hello throughput at c=32, fresh instance per request".into(),
                 target: "≥ 2.5× wasmtime serve".into(),
                 measured: "–".into(),
@@ -131,6 +139,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let cpu = w32.and_then(|p| f(&p["cpu_us_per_req"]));
         out.push(Check {
             section: "throughput",
+            issue: 3,
             what: "server CPU per request at c=32 (Wisp)".into(),
             target: "≤ 40 µs".into(),
             measured: cpu.map(|c| format!("{c:.1} µs")).unwrap_or("–".into()),
@@ -144,6 +153,7 @@ fn checks(r: &Value) -> Vec<Check> {
         out.push(match (reuse, hr) {
             (Some(w), Some(h)) if h > 0.0 => Check {
                 section: "throughput",
+                issue: 3,
                 what: "hello throughput at c=32 with instance reuse".into(),
                 target: "≥ 0.6× raw hyper".into(),
                 measured: format!("{:.2}× ({w:.0} vs {h:.0} rps)", w / h),
@@ -156,6 +166,7 @@ fn checks(r: &Value) -> Vec<Check> {
             },
             _ => Check {
                 section: "throughput",
+                issue: 3,
                 what: "hello throughput at c=32 with instance reuse".into(),
                 target: "≥ 0.6× raw hyper".into(),
                 measured: "–".into(),
@@ -169,6 +180,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let added = f(&t["added_p50_us_c1"]);
         out.push(Check {
             section: "throughput",
+            issue: 3,
             what: "added p50 latency at c=1 (Wisp − hyper)".into(),
             target: "≤ 30 µs".into(),
             measured: added.map(|a| format!("{a:.0} µs")).unwrap_or("–".into()),
@@ -182,6 +194,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let errs = w256.and_then(|p| p["errors"].as_u64());
         out.push(Check {
             section: "throughput",
+            issue: 3,
             what: "Wisp p99 at c=256, and errors".into(),
             target: "≤ 5 ms, 0 errors".into(),
             measured: match (p99, errs) {
@@ -203,6 +216,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let tp = f(&t["targets"]["wasmtime_serve"]["peak_rss_mib"]);
         out.push(Check {
             section: "throughput",
+            issue: 3,
             what: "peak RSS with one function under load".into(),
             target: "≤ wasmtime serve's".into(),
             measured: match (wp, tp) {
@@ -225,6 +239,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let p99 = f(&c["first_request_after_restart"]["p99_ms"]);
         out.push(Check {
             section: "cold",
+            issue: 3,
             what: "first request after a restart, p99".into(),
             target: "≤ 2 ms".into(),
             measured: p99.map(|v| format!("{v:.2} ms")).unwrap_or("–".into()),
@@ -237,6 +252,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let n = c["start_to_ready"]["functions"].as_u64().unwrap_or(0);
         out.push(Check {
             section: "cold",
+            issue: 3,
             what: format!("start-to-ready with {} functions deployed", int(&n.into())),
             target: "≤ 1 s (with 10,000)".into(),
             measured: ready.map(|v| format!("{v:.0} ms")).unwrap_or("–".into()),
@@ -258,6 +274,7 @@ fn checks(r: &Value) -> Vec<Check> {
         let d = f(&c["deploy_to_first_response"]["p50_ms"]);
         out.push(Check {
             section: "cold",
+            issue: 3,
             what: "deploy to first response for hello (p50)".into(),
             target: "≤ 300 ms".into(),
             measured: d.map(|v| format!("{v:.0} ms")).unwrap_or("–".into()),
@@ -276,6 +293,7 @@ fn checks(r: &Value) -> Vec<Check> {
             .map(|(a, c)| a + c);
         out.push(Check {
             section: "burst",
+            issue: 3,
             what: "256 concurrent requests on a cold function: errors".into(),
             target: "0".into(),
             measured: errs.map(|e| e.to_string()).unwrap_or("–".into()),
@@ -328,11 +346,62 @@ fn checks(r: &Value) -> Vec<Check> {
         };
         out.push(Check {
             section: "density",
+            issue: 3,
             what: "100,000 idle deployed functions, server RSS".into(),
             target: "≤ 1 GiB".into(),
             measured,
             met,
             note,
+        });
+    }
+
+    if ran("async") {
+        let a = &r["async"];
+        for (key, how) in [
+            ("batch", "batches of 100 events per request"),
+            ("single", "one event per request"),
+        ] {
+            let v = &a["accept"][key];
+            let rate = f(&v["accepted_per_second"]);
+            let refused = v["throttled_events"].as_u64().unwrap_or(0);
+            let errors = v["errors"].as_u64().unwrap_or(0);
+            out.push(Check {
+                section: "async",
+                issue: 4,
+                what: format!("accepted events/s (durable), {how}"),
+                target: "≥ 20,000".into(),
+                measured: match rate {
+                    Some(x) if refused + errors > 0 => format!(
+                        "{} /s ({refused} events refused with 429, {errors} errors)",
+                        int(&x.into())
+                    ),
+                    Some(x) => format!("{} /s", int(&x.into())),
+                    None => "–".into(),
+                },
+                met: rate.map(|x| x >= 20_000.0 && errors == 0),
+                note: match rate {
+                    Some(x) => format!("{} /s short", int(&(20_000.0 - x).max(0.0).into())),
+                    None => v["error"].as_str().unwrap_or("not measured").into(),
+                },
+            });
+        }
+        let v = &a["end_to_end"]["batch"];
+        let rate = f(&v["completed_per_second"]);
+        let clean = v["any_failed_or_dead"].as_bool() == Some(false);
+        out.push(Check {
+            section: "async",
+            issue: 4,
+            what: "completed events/s end to end (ingress to recorded success, no-op function)"
+                .into(),
+            target: "≥ 10,000".into(),
+            measured: rate
+                .map(|x| format!("{} /s", int(&x.into())))
+                .unwrap_or("–".into()),
+            met: rate.map(|x| x >= 10_000.0 && clean),
+            note: match rate {
+                Some(x) => format!("{} /s short", int(&(10_000.0 - x).max(0.0).into())),
+                None => v["error"].as_str().unwrap_or("not measured").into(),
+            },
         });
     }
     out
@@ -351,8 +420,10 @@ fn targets_table(md: &mut String, checks: &[Check], section: &str) {
     if mine.is_empty() {
         return;
     }
-    md.push_str(
-        "Targets (issue 3):\n\n| target | goal | measured | verdict |\n|---|---|---|---|\n",
+    let _ = writeln!(
+        md,
+        "Targets (issue {}):\n\n| target | goal | measured | verdict |\n|---|---|---|---|",
+        mine[0].issue
     );
     for c in &mine {
         let _ = writeln!(
@@ -725,6 +796,211 @@ fn density(md: &mut String, r: &Value, checks: &[Check]) {
     targets_table(md, checks, "density");
 }
 
+/// `n (min–max)` of a section's trials of `key`, or the one figure.
+fn trials(v: &Value, key: &str) -> String {
+    let rates: Vec<f64> = v["trials"][key]
+        .as_array()
+        .map(|a| a.iter().filter_map(f).collect())
+        .unwrap_or_default();
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match rates.len() {
+        0 => "–".into(),
+        1 => "1".into(),
+        n => format!("{n} ({}–{})", int(&lo.into()), int(&hi.into())),
+    }
+}
+
+fn asynchronous(md: &mut String, r: &Value, checks: &[Check]) {
+    let a = &r["async"];
+    md.push_str("## Asynchronous invocation\n\n");
+    let single = &a["accept"]["single"];
+    let batch = &a["accept"]["batch"];
+    let _ = writeln!(
+        md,
+        "CloudEvents posted to `POST /v1/functions/{{name}}/events` on a release server with its defaults \
+         (the queue is {}), by in-process clients (reqwest, keep-alive connections on 127.0.0.1) that share the two cores \
+         with the server. Each run starts a fresh server (an empty queue) and spreads its events round-robin \
+         over functions deployed from `hello` (the no-op: 200 and a short text), so that no function's queue \
+         reaches its depth limit of 10,000; a 429 would be counted, not retried. A 202 means the events are \
+         committed to disk. The throughput runs are repeated ({} trials, each on a fresh server) and the table \
+         shows the median trial, with the range of the trials' rates.\n",
+        a["durability"].as_str().unwrap_or("?"),
+        a["trials"]
+    );
+    md.push_str(
+        "**Accept path.** Events posted flat out; the rate is events answered 202 per second of posting wall \
+         time, from the first request to the last answer. The dispatcher runs the accepted events meanwhile, \
+         as it would in production (\"run meanwhile\"). Single events are structured mode \
+         (`application/cloudevents+json`), batches are batch mode (`application/cloudevents-batch+json`). \
+         CPU is user + system time from `/proc`, of the server and of the harness (the clients), per accepted \
+         event; \"cores busy\" is the same CPU time over the wall time (the machine has two).\n\n",
+    );
+    md.push_str(
+        "| ingress | clients | functions | events accepted | refused (429) | errors | seconds | accepted events/s | trials (range) | 202 latency p50 ms | 202 latency p99 ms | run meanwhile | server CPU µs/event | harness CPU µs/event | cores busy: server, harness |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (label, v) in [
+        ("one event per request", single),
+        ("batches of 100 events", batch),
+    ] {
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(
+                md,
+                "| {label} | not measured: {e} | | | | | | | | | | | | | |"
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} | {}, {} |",
+            v["clients"],
+            v["functions"],
+            int(&v["accepted_events"]),
+            int(&v["throttled_events"]),
+            v["errors"],
+            num(&v["seconds"], 2),
+            int(&v["accepted_per_second"]),
+            trials(v, "accepted_per_second"),
+            num(&v["ack_latency"]["p50_ms"], 2),
+            num(&v["ack_latency"]["p99_ms"], 2),
+            int(&v["run_by_dispatcher_while_posting"]),
+            num(&v["server_cpu_us_per_event"], 1),
+            num(&v["harness_cpu_us_per_event"], 1),
+            num(&v["server_cores_busy"], 2),
+            num(&v["harness_cores_busy"], 2),
+        );
+    }
+    md.push('\n');
+    md.push_str(
+        "**End to end.** The events are posted flat out to a fresh server, and the clock runs from the first \
+         request until every invocation is recorded final: the harness polls `faas_invocations_total` on \
+         `/metrics` every 20 ms until all have run, then lists each function's `queued`, `running` and \
+         `retrying` invocations until none is left (a run counts once its success is committed). \
+         \"Failed or dead\" checks the listings for those statuses afterwards.\n\n",
+    );
+    md.push_str(
+        "| ingress | clients | functions | events | posting s | all final s | completed events/s | trials (range) | failed or dead | function errors | server CPU µs/event | harness CPU µs/event | cores busy: server, harness |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (label, key) in [
+        ("batches of 100 events", "batch"),
+        ("one event per request", "single"),
+    ] {
+        let v = &a["end_to_end"][key];
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(md, "| {label} | not measured: {e} | | | | | | | | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {}, {} |",
+            v["clients"],
+            v["functions"],
+            int(&v["posting"]["accepted_events"]),
+            num(&v["posting"]["seconds"], 2),
+            num(&v["seconds_to_all_final"], 2),
+            int(&v["completed_per_second"]),
+            trials(v, "completed_per_second"),
+            v["any_failed_or_dead"],
+            v["function_errors"],
+            num(&v["server_cpu_us_per_event"], 1),
+            num(&v["harness_cpu_us_per_event"], 1),
+            num(&v["server_cores_busy"], 2),
+            num(&v["harness_cores_busy"], 2),
+        );
+    }
+    md.push('\n');
+    let l = &a["latency_at_half_peak"];
+    if let Some(e) = l["error"].as_str() {
+        let _ = writeln!(md, "**Enqueue-to-start latency**: not measured: {e}.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "**Enqueue-to-start latency at half of peak load.** Single events posted at a steady {} events/s \
+             (half of the better median end-to-end rate above) for {} s to a fresh server ({} functions; at most 256 \
+             requests in flight), achieved {} events/s ({} accepted, {} refused, {} errors). After all were \
+             final, {} invocations sampled evenly over the run were read back with `GET /v1/invocations/{{id}}` \
+             ({} unreadable or not succeeded); both timestamps are the server's.\n",
+            int(&l["target_rate"]),
+            l["seconds"],
+            l["functions"],
+            int(&l["achieved_rate"]),
+            int(&l["posting"]["accepted_events"]),
+            int(&l["posting"]["throttled_events"]),
+            l["posting"]["errors"],
+            l["sampled"],
+            l["sample_unreadable_or_not_succeeded"],
+        );
+        md.push_str("| interval | p50 ms | p99 ms | max ms |\n|---|---|---|---|\n");
+        ms_row(
+            md,
+            "enqueue to start (`attempts[0].started_at − enqueued_at`)",
+            &l["enqueue_to_start"],
+        );
+        ms_row(
+            md,
+            "enqueue to finish (`attempts[0].finished_at − enqueued_at`)",
+            &l["enqueue_to_finish"],
+        );
+        ms_row(
+            md,
+            "202 answer, seen by the client (the durable commit)",
+            &l["posting"]["ack_latency"],
+        );
+        md.push('\n');
+    }
+    targets_table(md, checks, "async");
+}
+
+/// Which run measured each section: sections measured by the same run are
+/// listed together (`runs` in the JSON; a file without it is one run).
+fn runs_line(r: &Value) -> String {
+    let sections: Vec<&str> = r["sections"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    let quick = |q: &Value| {
+        if q.as_bool() == Some(true) {
+            ", **--quick** (smaller counts, 3 s load points)"
+        } else {
+            ""
+        }
+    };
+    let Some(runs) = r["runs"].as_object().filter(|m| !m.is_empty()) else {
+        return format!(
+            "Run: {}{}; sections: {}; took {} s.",
+            r["date"].as_str().unwrap_or("?"),
+            quick(&r["quick"]),
+            sections.join(", "),
+            r["total_seconds"]
+        );
+    };
+    // (date and mode of a run, its sections), in section order.
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for s in &sections {
+        let run = &runs[*s];
+        let key = format!(
+            "{}{}",
+            run["date"].as_str().unwrap_or("?"),
+            quick(&run["quick"])
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(s),
+            None => groups.push((key, vec![s])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(k, list)| format!("{} measured {k}", list.join(", ")))
+        .collect();
+    format!(
+        "Runs: {}. The latest run took {} s.",
+        parts.join("; "),
+        r["total_seconds"]
+    )
+}
+
 /// The whole `docs/benchmarks.md`.
 pub fn markdown(r: &Value) -> String {
     let checks = checks(r);
@@ -734,37 +1010,23 @@ pub fn markdown(r: &Value) -> String {
         "Generated by the benchmark harness in `bench/` from `bench/results/latest.json`; do not edit by hand \
          (the analysis under each section comes from `bench/analysis/<section>.md`).\n\n\
          ```sh\n\
-         cargo run --release -p wisp-bench                                      # everything (about 10 minutes)\n\
-         cargo run --release -p wisp-bench -- throughput cold burst density     # or some sections\n\
+         cargo run --release -p wisp-bench                                      # everything (about 12 minutes)\n\
+         cargo run --release -p wisp-bench -- throughput async                  # or some sections (the others are kept)\n\
          cargo run --release -p wisp-bench -- --quick                           # smaller counts, 3 s load points\n\
          cargo run --release -p wisp-bench -- --report-only                     # rewrite this file from the JSON\n\
          ```\n\n\
          The harness builds the release `wisp`, installs `oha` (or falls back to `wrk`) and `wasmtime-cli` \
          pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench` (once: 15 to 25 minutes of \
-         compiling on two cores), and only ever sends traffic to 127.0.0.1. Every figure below comes from the same run on the same machine, so the ratios between \
-         servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
+         compiling on two cores), and only ever sends traffic to 127.0.0.1. Every figure in a section comes from one run \
+         on the same machine as its baselines, so the ratios between servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
          with other work, so expect noise of ±10 % or more.\n\n",
     );
     let _ = writeln!(
         md,
-        "Run: {} on {} cores ({}){}; sections: {}; took {} s. wasmtime serve: {}.\n",
-        r["date"].as_str().unwrap_or("?"),
+        "{} On {} cores ({}). wasmtime serve: {}.\n",
+        runs_line(r),
         r["cores"],
         r["cpu"].as_str().unwrap_or("?"),
-        if r["quick"].as_bool() == Some(true) {
-            ", **--quick** (smaller counts, 3 s load points)"
-        } else {
-            ""
-        },
-        r["sections"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default(),
-        r["total_seconds"],
         r["wasmtime_serve"]["version"]
             .as_str()
             .or(r["wasmtime_serve"]["error"].as_str())
@@ -802,6 +1064,9 @@ pub fn markdown(r: &Value) -> String {
     if ran("density") {
         density(&mut md, r, &checks);
     }
+    if ran("async") {
+        asynchronous(&mut md, r, &checks);
+    }
     md
 }
 
@@ -820,7 +1085,10 @@ mod tests {
 
     #[test]
     fn renders_an_empty_run() {
-        let md = markdown(&json!({"sections": ["throughput", "cold", "burst", "density"]}));
+        let md = markdown(
+            &json!({"sections": ["throughput", "cold", "burst", "density", "async"], "async": {}}),
+        );
         assert!(md.starts_with("# Benchmarks"));
+        assert!(md.contains("## Asynchronous invocation"));
     }
 }
