@@ -7,24 +7,7 @@ use std::time::{Duration, Instant};
 use wisp_testkit::{Api, Server};
 
 async fn wait_final(api: &Api, id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, inv) = api
-            .send(Method::GET, &format!("/v1/invocations/{id}"), None)
-            .await;
-        assert_eq!(status, 200, "{inv}");
-        if matches!(
-            inv["status"].as_str(),
-            Some("succeeded" | "failed" | "dead")
-        ) {
-            return inv;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "invocation never finished: {inv}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    api.wait_invocation(id, within).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,21 +83,7 @@ async fn queue(api: &Api, name: &str, path: &str, body: &'static [u8]) -> String
 
 /// Polls an invocation until its status is final.
 async fn wait_final(api: &Api, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, inv) = api
-            .send(Method::GET, &format!("/v1/invocations/{id}"), None)
-            .await;
-        assert_eq!(status, 200, "{inv}");
-        if matches!(
-            inv["status"].as_str(),
-            Some("succeeded" | "failed" | "dead")
-        ) {
-            return inv;
-        }
-        assert!(Instant::now() < deadline, "never finished: {inv}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    api.wait_invocation(id, Duration::from_secs(60)).await
 }
 
 fn ids(list: &Value) -> Vec<&str> {

@@ -7,21 +7,11 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wisp_testkit::{Api, Server};
 
+/// Waits for a successful invocation and returns its (JSON) response body.
 async fn result_of(api: &Api, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, inv) = api
-            .send(Method::GET, &format!("/v1/invocations/{id}"), None)
-            .await;
-        if inv["status"] == "succeeded" {
-            return serde_json::from_str(inv["result"]["body"].as_str().unwrap()).unwrap();
-        }
-        assert!(
-            !matches!(inv["status"].as_str(), Some("dead" | "failed")) && Instant::now() < deadline,
-            "{inv}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let inv = api.wait_invocation(id, Duration::from_secs(20)).await;
+    assert_eq!(inv["status"], "succeeded", "{inv}");
+    serde_json::from_str(inv["result"]["body"].as_str().unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,25 +71,10 @@ async fn events_in_every_mode_reach_the_function_in_binary_mode() {
     let batch: Vec<Value> = (3..6)
         .map(|i| json!({"specversion": "1.0", "id": format!("evt-{i}"), "source": "/tests/batch", "type": "t"}))
         .collect();
-    let res = api
-        .http
-        .post(&url)
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let accepted: Value = res.json().await.unwrap();
-    let ids: Vec<&str> = accepted["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
+    let ids = api.post_event_batch("echo", batch).await;
     assert_eq!(ids.len(), 3);
     for id in ids {
-        result_of(&api, id).await;
+        result_of(&api, &id).await;
     }
 }
 
@@ -212,23 +187,7 @@ async fn kill_9_loses_no_accepted_event() {
         let batch: Vec<Value> = (0..250)
             .map(|i| json!({"specversion": "1.0", "id": format!("e{b}-{i}"), "source": "/kill", "type": "t"}))
             .collect();
-        let res = api
-            .http
-            .post(server.at("/v1/functions/sleep/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
-        let v: Value = res.json().await.unwrap();
-        ids.extend(
-            v["accepted"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(api.post_event_batch("sleep", batch).await);
     }
     assert_eq!(ids.len(), 1000);
     // Let some run (each sleeps 100 ms by default), then kill mid-way.
@@ -279,35 +238,11 @@ async fn events_with_a_partition_key_run_in_order() {
                    "partitionkey": "account-7"})
         })
         .collect();
-    let res = api
-        .http
-        .post(server.at("/v1/functions/sleep/events"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let accepted: Value = res.json().await.unwrap();
-    let ids: Vec<String> = accepted["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = api.post_event_batch("sleep", batch).await;
     let mut spans = Vec::new();
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let inv = loop {
-            let (_, inv) = api
-                .send(Method::GET, &format!("/v1/invocations/{id}"), None)
-                .await;
-            if inv["status"] == "succeeded" {
-                break inv;
-            }
-            assert!(Instant::now() < deadline, "{inv}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let inv = api.wait_invocation(id, Duration::from_secs(30)).await;
+        assert_eq!(inv["status"], "succeeded", "{inv}");
         let a = &inv["attempts"][0];
         let t = |k: &str| chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap();
         spans.push((t("started_at"), t("finished_at")));
@@ -331,15 +266,7 @@ async fn an_async_backlog_does_not_starve_synchronous_traffic() {
         let batch: Vec<Value> = (0..1000)
             .map(|i| json!({"specversion": "1.0", "id": format!("b{b}-{i}"), "source": "/load", "type": "t"}))
             .collect();
-        let res = api
-            .http
-            .post(server.at("/v1/functions/worker/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
+        api.post_event_batch("worker", batch).await;
     }
     let mut latencies = Vec::new();
     for _ in 0..100 {

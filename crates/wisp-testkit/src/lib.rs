@@ -363,6 +363,54 @@ impl Api {
         (status, json)
     }
 
+    /// Polls `GET /v1/invocations/{id}` until the invocation is final
+    /// (succeeded, failed or dead) and returns it; panics after `within`.
+    pub async fn wait_invocation(&self, id: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, inv) = self
+                .send(reqwest::Method::GET, &format!("/v1/invocations/{id}"), None)
+                .await;
+            assert_eq!(status, 200, "{inv}");
+            if matches!(
+                inv["status"].as_str(),
+                Some("succeeded" | "failed" | "dead")
+            ) {
+                return inv;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "invocation never finished: {inv}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Posts `events` to a function in CloudEvents batch mode, expects 202,
+    /// and returns the invocation ids in event order.
+    pub async fn post_event_batch(
+        &self,
+        function: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Vec<String> {
+        let res = self
+            .http
+            .post(format!("{}/v1/functions/{function}/events", self.base))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::Value::Array(events).to_string())
+            .send()
+            .await
+            .expect("posting events");
+        assert_eq!(res.status(), 202);
+        let v: serde_json::Value = res.json().await.expect("events answer");
+        v["accepted"]
+            .as_array()
+            .expect("accepted list")
+            .iter()
+            .map(|a| a["id"].as_str().expect("id").to_string())
+            .collect()
+    }
+
     /// GETs `path` on the data plane and returns status, headers and body.
     pub async fn call(
         &self,
