@@ -165,7 +165,8 @@ impl EventError {
         }
     }
 
-    pub(crate) fn invalid(attribute: &str, reason: impl Into<String>) -> Self {
+    /// An invalid `attribute`, for callers that build events themselves.
+    pub fn invalid(attribute: &str, reason: impl Into<String>) -> Self {
         EventError::InvalidAttribute {
             attribute: attribute.to_owned(),
             reason: reason.into(),
@@ -173,7 +174,8 @@ impl EventError {
         }
     }
 
-    pub(crate) fn json(reason: impl Into<String>) -> Self {
+    /// Unusable JSON or event content, for callers that build events themselves.
+    pub fn json(reason: impl Into<String>) -> Self {
         EventError::InvalidJson {
             reason: reason.into(),
             index: None,

@@ -71,7 +71,7 @@ pub use cloudevents::event::{
 pub use cloudevents::{Data, Event, EventBuilder, EventBuilderV10};
 pub use error::EventError;
 pub use json::{from_structured_json, to_batch_json, to_structured_json};
-pub use validate::{MAX_EXTENSION_NAME_LEN, validate};
+pub use validate::{MAX_EXTENSION_NAME_LEN, is_json_media_type, validate};
 
 /// Most events in one batch-mode request.
 pub const MAX_BATCH_EVENTS: usize = 1000;

@@ -314,7 +314,7 @@ pub(crate) fn check_extension_name(name: &str) -> Result<(), EventError> {
 
 /// Whether a media type is JSON: `application/json`, `text/json` or any
 /// `+json` suffix, parameters and case ignored.
-pub(crate) fn is_json_media_type(content_type: &str) -> bool {
+pub fn is_json_media_type(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
