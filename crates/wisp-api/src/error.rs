@@ -68,6 +68,7 @@ impl From<StoreError> for ApiError {
             StoreError::FunctionNotFound(_) => (S::NOT_FOUND, ErrorCode::FunctionNotFound),
             StoreError::VersionNotFound { .. } => (S::NOT_FOUND, ErrorCode::VersionNotFound),
             StoreError::AliasNotFound { .. } => (S::NOT_FOUND, ErrorCode::AliasNotFound),
+            StoreError::TriggerNotFound(_) => (S::NOT_FOUND, ErrorCode::TriggerNotFound),
             StoreError::AlreadyExists(_) => (S::CONFLICT, ErrorCode::AlreadyExists),
             StoreError::VersionInUse { .. } => (S::CONFLICT, ErrorCode::Conflict),
             StoreError::ArtifactNotFound(_) => (S::BAD_REQUEST, ErrorCode::ArtifactNotFound),

@@ -23,6 +23,7 @@ pub mod extract;
 pub mod functions;
 pub mod metrics;
 pub mod telemetry;
+pub mod triggers;
 
 use axum::Json;
 use axum::Router;
@@ -61,6 +62,10 @@ pub struct App {
     pub queue: Arc<dyn wisp_queue::InvocationQueue>,
     /// Wakes the dispatcher when something is queued.
     pub dispatcher_wake: tokio::sync::Notify,
+    /// Trigger definitions and source cursors.
+    pub trigger_store: Arc<dyn wisp_store::TriggerStore>,
+    /// The running trigger sources.
+    pub triggers: Arc<wisp_triggers::Manager>,
     /// Bearer token the control API requires, if any.
     pub token: Option<String>,
     /// Largest request body forwarded to a function.
@@ -87,6 +92,7 @@ pub(crate) fn function_name(s: &str) -> Result<FunctionName, ApiError> {
         (name = "observability", description = "Logs and stats"),
         (name = "invocations", description = "Asynchronous invocations"),
         (name = "deadletters", description = "Dead-letter queue: inspect, delete and replay failed asynchronous invocations"),
+        (name = "triggers", description = "Event sources connected to functions: cron, webhooks, NATS, RabbitMQ, MQTT, Redis"),
         (name = "system", description = "Health and metrics"),
     ),
     components(schemas(wisp_core::ErrorBody, wisp_core::ErrorCode))
@@ -130,6 +136,14 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(deadletters::replay_deadletter))
         .routes(routes!(deadletters::replay_all_deadletters))
         .routes(routes!(events::post_events))
+        .routes(routes!(triggers::list_triggers, triggers::create_trigger))
+        .routes(routes!(
+            triggers::get_trigger,
+            triggers::put_trigger,
+            triggers::delete_trigger
+        ))
+        .routes(routes!(triggers::enable_trigger))
+        .routes(routes!(triggers::disable_trigger))
         .routes(routes!(telemetry::get_logs))
         .routes(routes!(telemetry::get_stats))
         .routes(routes!(artifacts::upload_artifact))
@@ -143,6 +157,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, health_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(health))
         .routes(routes!(metrics::scrape))
+        .routes(routes!(triggers::webhook))
         .split_for_parts();
     doc.merge(health_doc);
     doc
@@ -182,6 +197,7 @@ pub fn router(app: AppState) -> Router {
             }),
         )
         .route("/fn/{*rest}", any(dataplane::invoke))
+        .route("/hooks/{name}", axum::routing::post(triggers::webhook))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

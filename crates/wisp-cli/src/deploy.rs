@@ -143,5 +143,47 @@ pub async fn run(ctx: &Ctx, file: &Path, publish: bool) -> Result<(), Failure> {
             line(text);
         }
     }
+    for t in &manifest.triggers {
+        let action = apply_trigger(ctx, t).await?;
+        if ctx.json {
+            output::json_line(&serde_json::json!({"trigger": t.name, "action": action}));
+        } else {
+            line(format!("trigger {}: {action}", t.name));
+        }
+    }
     Ok(())
+}
+
+/// Creates or replaces a trigger unless the server already has exactly
+/// this definition (compared with secrets hidden, as the server shows them).
+async fn apply_trigger(
+    ctx: &Ctx,
+    t: &crate::manifest::TriggerEntry,
+) -> Result<&'static str, Failure> {
+    let err = |e: wisp_client::ClientError| Failure::from(e).context(format!("trigger {}", t.name));
+    let mut wanted = t.spec.clone();
+    wanted.source = wanted.source.redacted();
+    let existing = match ctx.client.get_trigger(&t.name).await {
+        Ok(mut view) => {
+            if let Some(o) = view.as_object_mut() {
+                for k in ["name", "status", "created_at", "updated_at", "webhook_path"] {
+                    o.remove(k);
+                }
+            }
+            serde_json::from_value::<wisp_triggers::TriggerSpec>(view).ok()
+        }
+        Err(e) if e.code() == Some(ErrorCode::TriggerNotFound) => None,
+        Err(e) => return Err(err(e)),
+    };
+    if existing.as_ref() == Some(&wanted) {
+        return Ok("unchanged");
+    }
+    let body = serde_json::to_value(&t.spec)
+        .map_err(|e| Failure::usage(format!("trigger {}: {e}", t.name)))?;
+    ctx.client.put_trigger(&t.name, &body).await.map_err(err)?;
+    Ok(if existing.is_some() {
+        "updated"
+    } else {
+        "created"
+    })
 }

@@ -12,6 +12,7 @@ mod manifest;
 mod output;
 mod parse;
 mod server;
+mod triggers;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ enum Command {
     /// Inspect, delete and replay dead letters: asynchronous invocations that failed every attempt
     #[command(subcommand)]
     Dlq(commands::DlqCommand),
+    /// Manage triggers: event sources (cron, webhooks, NATS, RabbitMQ, MQTT, Redis) connected to functions
+    #[command(subcommand)]
+    Trigger(triggers::TriggerCommand),
     /// Show invocation counts and latencies over the last 15 minutes
     Stats {
         /// Function name
@@ -326,6 +330,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode, Failure> {
         Command::Stats { name } => c::stats(ctx, &name).await?,
         Command::Invocations { name } => c::invocations(ctx, &name).await?,
         Command::Dlq(cmd) => c::dlq(ctx, cmd).await?,
+        Command::Trigger(cmd) => triggers::run(ctx, cmd).await?,
         Command::Deploy { file, publish } => deploy::run(ctx, &file, publish).await?,
     }
     Ok(ExitCode::SUCCESS)

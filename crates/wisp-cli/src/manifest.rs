@@ -18,7 +18,17 @@
 //! KEY = "value"
 //! [function.labels]                                 # optional
 //! tier = "demo"
+//!
+//! [[trigger]]                                       # optional, any number
+//! name = "nightly"                                  # required
+//! target = "hello:live"                             # required, NAME[:QUALIFIER]
+//! source = { kind = "cron", schedule = "0 3 * * *", timezone = "Europe/Berlin" }
+//! filters = [{ exact = { type = "wisp.cron.tick" } }]  # optional
+//! enabled = true                                    # optional
+//! description = "Nightly report"                    # optional
 //! ```
+//!
+//! Triggers are applied after the functions, so they may target them.
 //!
 //! Unknown keys, duplicate names and an empty manifest are errors; every
 //! error names the file, and the key or function at fault.
@@ -69,11 +79,41 @@ struct RawFunction {
     labels: BTreeMap<String, String>,
 }
 
+/// One `[[trigger]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    name: FunctionName,
+    target: String,
+    source: wisp_triggers::SourceConfig,
+    #[serde(default)]
+    filters: Vec<wisp_triggers::Filter>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     #[serde(default)]
     function: Vec<RawFunction>,
+    #[serde(default)]
+    trigger: Vec<RawTrigger>,
+}
+
+/// A trigger to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerEntry {
+    /// Its name.
+    pub name: String,
+    /// Its definition, validated.
+    pub spec: wisp_triggers::TriggerSpec,
 }
 
 /// A function to deploy, with paths resolved and defaults applied.
@@ -98,6 +138,8 @@ pub struct Manifest {
     pub dir: PathBuf,
     /// The functions, in file order.
     pub functions: Vec<FunctionSpec>,
+    /// The triggers, in file order.
+    pub triggers: Vec<TriggerEntry>,
 }
 
 impl Manifest {
@@ -118,7 +160,7 @@ impl Manifest {
         };
         let raw: RawManifest =
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
-        if raw.function.is_empty() {
+        if raw.function.is_empty() && raw.trigger.is_empty() {
             return Err(invalid(
                 "no functions are defined; add at least one [[function]] table with `name` and `wasm`"
                     .into(),
@@ -169,10 +211,28 @@ impl Manifest {
                 config,
             });
         }
+        let mut triggers: Vec<TriggerEntry> = Vec::with_capacity(raw.trigger.len());
+        for t in raw.trigger {
+            let name = t.name.to_string();
+            if triggers.iter().any(|e| e.name == name) {
+                return Err(invalid(format!("trigger `{name}` is defined twice")));
+            }
+            let spec = wisp_triggers::TriggerSpec {
+                description: t.description,
+                target: t.target,
+                enabled: t.enabled,
+                filters: t.filters,
+                source: t.source,
+            };
+            spec.validate()
+                .map_err(|e| invalid(format!("trigger `{name}`: {e}")))?;
+            triggers.push(TriggerEntry { name, spec });
+        }
         Ok(Manifest {
             path: path.to_path_buf(),
             dir,
             functions,
+            triggers,
         })
     }
 

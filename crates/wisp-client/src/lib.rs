@@ -590,6 +590,60 @@ impl Client {
         Ok(v)
     }
 
+    /// `GET /v1/triggers`: every trigger with its status (`{triggers}`).
+    pub async fn list_triggers(&self) -> Result<serde_json::Value, ClientError> {
+        self.get(&["v1", "triggers"]).await
+    }
+
+    /// `GET /v1/triggers/{name}`: one trigger with its status.
+    pub async fn get_trigger(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&["v1", "triggers", name]).await
+    }
+
+    /// `PUT /v1/triggers/{name}`: creates or replaces a trigger from its
+    /// definition (`target`, `source`, optional `filters`, `enabled`,
+    /// `description`); returns it with its status.
+    pub async fn put_trigger(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (v, _) = self
+            .call(Method::PUT, &["v1", "triggers", name], |r| r.json(spec))
+            .await?;
+        Ok(v)
+    }
+
+    /// `POST /v1/triggers`: creates a trigger (`name` plus the definition);
+    /// fails with `already_exists` if there is one by that name.
+    pub async fn create_trigger(
+        &self,
+        spec: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (v, _) = self
+            .call(Method::POST, &["v1", "triggers"], |r| r.json(spec))
+            .await?;
+        Ok(v)
+    }
+
+    /// `DELETE /v1/triggers/{name}`.
+    pub async fn delete_trigger(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&["v1", "triggers", name]).await
+    }
+
+    /// `POST /v1/triggers/{name}/enable` or `/disable`.
+    pub async fn set_trigger_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let action = if enabled { "enable" } else { "disable" };
+        let (v, _) = self
+            .call(Method::POST, &["v1", "triggers", name, action], |r| r)
+            .await?;
+        Ok(v)
+    }
+
     /// `GET /v1/functions/{name}/stats`.
     pub async fn stats(&self, name: &str) -> Result<FunctionStats, ClientError> {
         self.get(&["v1", "functions", name, "stats"]).await

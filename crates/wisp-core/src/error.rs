@@ -26,6 +26,10 @@ pub enum ErrorCode {
     AliasNotFound,
     /// No artifact with that digest has been uploaded.
     ArtifactNotFound,
+    /// No trigger with that name.
+    TriggerNotFound,
+    /// A webhook's HMAC signature is missing or wrong.
+    InvalidSignature,
     /// No such route.
     NotFound,
     /// The HTTP method is not allowed on this route.

@@ -188,9 +188,11 @@ pub async fn run(
     };
     std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
     let token = load_or_create_token(&data_dir).map_err(dir_err)?;
-    let store: Arc<dyn wisp_store::MetadataStore> = Arc::new(
-        wisp_store::sqlite::SqliteStore::open(data_dir.join("wisp.db"))?,
-    );
+    let sqlite = Arc::new(wisp_store::sqlite::SqliteStore::open(
+        data_dir.join("wisp.db"),
+    )?);
+    let store: Arc<dyn wisp_store::MetadataStore> = sqlite.clone();
+    let trigger_store: Arc<dyn wisp_store::TriggerStore> = sqlite;
     let artifacts = Arc::new(
         wisp_store::artifacts::ArtifactDir::open(data_dir.join("artifacts")).map_err(dir_err)?,
     );
@@ -233,7 +235,12 @@ pub async fn run(
             .map_err(|e| ServerError::Queue(e.to_string()))?,
     );
     let needs_token = config.require_token || !config.listen.ip().is_loopback();
-    let app = Arc::new(wisp_api::App {
+    let app = Arc::new_cyclic(|weak: &std::sync::Weak<wisp_api::App>| wisp_api::App {
+        triggers: wisp_triggers::Manager::new(
+            Arc::new(wisp_api::triggers::QueueSink(weak.clone())),
+            Arc::new(wisp_api::triggers::QueueSink(weak.clone())),
+        ),
+        trigger_store,
         store,
         artifacts: wisp_api::Artifacts(artifacts),
         preparer: Arc::new(runtime.clone()),
@@ -258,6 +265,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not expire old leases"),
     }
     wisp_api::asynchronous::Dispatcher::start(app.clone());
+    start_triggers(&app).await;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -278,6 +286,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();
+    let app_for_stop = app.clone();
     let serve = axum::serve(listener, wisp_api::router(app)).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop).await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -295,6 +304,32 @@ pub async fn run(
         }
     };
     let _ = std::fs::remove_file(&addr_file);
+    app_for_stop.triggers.shutdown().await;
     tracing::info!("wisp server stopped");
     result
+}
+
+/// Starts the source of every stored trigger. A trigger whose definition
+/// no longer parses is logged and left stopped.
+async fn start_triggers(app: &wisp_api::AppState) {
+    let stored = match app.trigger_store.list_triggers().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list triggers; none started");
+            return;
+        }
+    };
+    for t in stored {
+        match serde_json::from_str::<wisp_triggers::TriggerSpec>(&t.spec) {
+            Ok(spec) => app.triggers.apply(wisp_triggers::Trigger {
+                name: t.name,
+                spec,
+                created_at: t.created_at,
+                updated_at: t.updated_at,
+            }),
+            Err(e) => {
+                tracing::error!(trigger = %t.name, error = %e, "stored trigger is unreadable; not started")
+            }
+        }
+    }
 }

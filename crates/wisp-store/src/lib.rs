@@ -24,6 +24,9 @@
 
 pub mod artifacts;
 pub mod sqlite;
+pub mod triggers;
+
+pub use triggers::{MAX_TRIGGERS, StoredTrigger, TriggerStore};
 
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -75,6 +78,9 @@ pub enum StoreError {
     /// `code_digest` names no uploaded artifact.
     #[error("no artifact {0} has been uploaded; upload it with POST /v1/artifacts first")]
     ArtifactNotFound(String),
+    /// No trigger with that name.
+    #[error("trigger `{0}` does not exist")]
+    TriggerNotFound(String),
     /// A limit on the number of things was reached.
     #[error("{0}")]
     LimitReached(String),

@@ -60,7 +60,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE functions (
@@ -144,6 +144,21 @@ ALTER TABLE versions ADD COLUMN max_requests_per_instance INTEGER NOT NULL DEFAU
 const SCHEMA_V3: &str = r#"
 ALTER TABLE functions ADD COLUMN async_policy TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE versions ADD COLUMN async_policy TEXT NOT NULL DEFAULT '{}';
+"#;
+
+/// Triggers (their definitions as JSON) and the positions of sources whose
+/// broker keeps none.
+const SCHEMA_V4: &str = r#"
+CREATE TABLE triggers (
+    name            TEXT    PRIMARY KEY,
+    spec            TEXT    NOT NULL,
+    created_ns      INTEGER NOT NULL,
+    updated_ns      INTEGER NOT NULL
+) STRICT;
+CREATE TABLE trigger_cursors (
+    name            TEXT    PRIMARY KEY REFERENCES triggers (name) ON DELETE CASCADE,
+    cursor          TEXT    NOT NULL
+) STRICT;
 "#;
 
 /// The config columns shared by `functions` and `versions`, in the order
@@ -1267,6 +1282,8 @@ impl MetadataStore for SqliteStore {
             .await
     }
 }
+
+mod triggers;
 
 #[cfg(test)]
 mod tests {
