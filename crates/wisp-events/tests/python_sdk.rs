@@ -10,10 +10,7 @@
 //! Data goes through stdin/stdout, never the network. The SDK is installed
 //! with pip when missing; if that fails the test fails, saying why.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -25,104 +22,13 @@ use wisp_events::{
     STRUCTURED_CONTENT_TYPE, parse_request, to_binary_request, to_structured_json,
 };
 
-const PIP_SPEC: &str = "cloudevents>=1.10";
+/// Run `interop.py MODE`, feeding `input` on stdin; its JSON output.
+fn interop(mode: &str, input: &Value) -> Value {
+    wisp_testkit::python::run_json(&script(), mode, input)
+}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py")
-}
-
-/// Make sure `import cloudevents` works; returns an extra `PYTHONPATH`
-/// entry when the SDK had to be installed into a private directory.
-fn sdk_path() -> Option<PathBuf> {
-    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PATH.get_or_init(install_sdk).clone()
-}
-
-fn can_import(pythonpath: Option<&Path>) -> bool {
-    let mut command = Command::new("python3");
-    command.args(["-c", "import cloudevents"]);
-    if let Some(path) = pythonpath {
-        command.env("PYTHONPATH", path);
-    }
-    match command.output() {
-        Ok(output) => output.status.success(),
-        Err(e) => panic!(
-            "the CloudEvents interoperability test needs `python3`, which could not be run: {e}"
-        ),
-    }
-}
-
-fn pip(extra: &[&str]) -> std::process::Output {
-    Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(extra)
-        .arg(PIP_SPEC)
-        .output()
-        .expect("python3 runs")
-}
-
-fn install_sdk() -> Option<PathBuf> {
-    if can_import(None) {
-        return None;
-    }
-    let output = pip(&[]);
-    if output.status.success() && can_import(None) {
-        return None;
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    // A distribution-managed Python refuses global installs (PEP 668):
-    // install into a directory of our own instead.
-    if stderr.contains("externally-managed") {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-cloudevents");
-        let target = dir.to_str().expect("UTF-8 path");
-        let output = pip(&["--upgrade", "--target", target]);
-        if output.status.success() && can_import(Some(&dir)) {
-            return Some(dir);
-        }
-        panic_install(&String::from_utf8_lossy(&output.stderr));
-    }
-    panic_install(&stderr)
-}
-
-fn panic_install(stderr: &str) -> ! {
-    panic!(
-        "the CloudEvents SDK for Python is not installed and `python3 -m pip install '{PIP_SPEC}'` \
-         failed, so the interoperability test cannot run (is PyPI reachable?). pip said:\n{stderr}"
-    )
-}
-
-/// Run `interop.py MODE`, feeding `input` on stdin; its JSON output.
-fn interop(mode: &str, input: &Value) -> Value {
-    let mut command = Command::new("python3");
-    command
-        .arg(script())
-        .arg(mode)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(path) = sdk_path() {
-        command.env("PYTHONPATH", path);
-    }
-    let mut child = command.spawn().expect("python3 starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.to_string().as_bytes())
-        .expect("write to interop.py");
-    let output = child.wait_with_output().expect("interop.py finishes");
-    assert!(
-        output.status.success(),
-        "interop.py {mode} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("interop.py prints JSON")
 }
 
 fn sdk_major(version: &str) -> u32 {

@@ -8,6 +8,8 @@
 //! println!("{} serves {}", server.url, wasm.display());
 //! ```
 
+pub mod python;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -426,4 +428,31 @@ impl Api {
         let headers = res.headers().clone();
         (status, headers, res.text().await.expect("text"))
     }
+}
+
+/// A free TCP port on loopback (bound, then released), for tests that run
+/// a broker of their own on a port they must know in advance.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral loopback port")
+        .port()
+}
+
+/// `prefix`, `-` and 16 random hex digits: a name that no other test or
+/// test run uses, for subjects, streams, queues and keys on shared brokers.
+pub fn unique(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{prefix}-{:016x}", h.finish())
 }
