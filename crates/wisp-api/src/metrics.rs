@@ -327,9 +327,20 @@ impl Metrics {
     /// dropped log records.
     pub fn encode(
         &self,
-        mut runtime: RuntimeSnapshot,
+        runtime: RuntimeSnapshot,
         dropped_logs: u64,
     ) -> Result<String, fmt::Error> {
+        self.encode_with_triggers(runtime, dropped_logs, Vec::new())
+    }
+
+    /// [`encode`](Self::encode), plus the status of each trigger.
+    pub fn encode_with_triggers(
+        &self,
+        mut runtime: RuntimeSnapshot,
+        dropped_logs: u64,
+        mut triggers: Vec<TriggerSample>,
+    ) -> Result<String, fmt::Error> {
+        triggers.sort_by(|a, b| a.name.cmp(&b.name));
         runtime
             .versions
             .sort_by(|a, b| (&a.function, a.version).cmp(&(&b.function, b.version)));
@@ -338,6 +349,7 @@ impl Metrics {
             series: self.series(),
             runtime,
             dropped_logs,
+            triggers,
         }));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)?;
@@ -380,12 +392,41 @@ impl EncodeLabelSet for Labels<'_> {
     }
 }
 
+/// One trigger's status, as a scrape sees it.
+#[derive(Debug, Clone)]
+pub struct TriggerSample {
+    /// The trigger's name.
+    pub name: String,
+    /// Its source's kind (`cron`, `nats`, ...).
+    pub kind: &'static str,
+    /// Its status.
+    pub status: wisp_triggers::Status,
+}
+
+/// The `trigger` and `kind` labels, and optionally `outcome`.
+struct TriggerLabels<'a> {
+    sample: &'a TriggerSample,
+    outcome: Option<&'static str>,
+}
+
+impl EncodeLabelSet for TriggerLabels<'_> {
+    fn encode(&self, enc: &mut LabelSetEncoder) -> fmt::Result {
+        label(enc, "trigger", &self.sample.name)?;
+        label(enc, "kind", self.sample.kind)?;
+        if let Some(o) = self.outcome {
+            label(enc, "outcome", o)?;
+        }
+        Ok(())
+    }
+}
+
 /// What one scrape encodes.
 #[derive(Debug)]
 struct Scrape {
     series: Vec<Series>,
     runtime: RuntimeSnapshot,
     dropped_logs: u64,
+    triggers: Vec<TriggerSample>,
 }
 
 /// Encodes one metric family with a series per item of `items`;
@@ -654,6 +695,45 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
             self.dropped_logs,
+        )?;
+        family(
+            enc,
+            "wisp_trigger_up",
+            "1 while a trigger is active (connected and delivering), 0 while it is starting, degraded or disabled; by trigger and source kind.",
+            None,
+            MetricType::Gauge,
+            &self.triggers,
+            |t, m| {
+                let up = u64::from(t.status.state == wisp_triggers::State::Active);
+                m.encode_family(&TriggerLabels {
+                    sample: t,
+                    outcome: None,
+                })?
+                .encode_gauge(&up)
+            },
+        )?;
+        family(
+            enc,
+            "wisp_trigger_events",
+            "Events a trigger handled since the server started, by outcome: delivered (queued for the function), failed (not queued, or invalid), filtered (dropped by the filters).",
+            None,
+            MetricType::Counter,
+            &self.triggers,
+            |t, m| {
+                let s = &t.status;
+                for (outcome, n) in [
+                    ("delivered", s.delivered),
+                    ("failed", s.failed),
+                    ("filtered", s.filtered),
+                ] {
+                    m.encode_family(&TriggerLabels {
+                        sample: t,
+                        outcome: Some(outcome),
+                    })?
+                    .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
+                }
+                Ok(())
+            },
         )
     }
 }
@@ -668,9 +748,15 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
     let encoded = tokio::task::spawn_blocking(move || {
         let runtime = app.runtime_state.snapshot();
         let telemetry = &app.telemetry;
+        let triggers = app
+            .triggers
+            .statuses()
+            .into_iter()
+            .map(|(name, kind, status)| TriggerSample { name, kind, status })
+            .collect();
         telemetry
             .metrics()
-            .encode(runtime, telemetry.dropped_logs())
+            .encode_with_triggers(runtime, telemetry.dropped_logs(), triggers)
     })
     .await;
     match encoded {
@@ -1036,6 +1122,8 @@ mod tests {
             ("wisp_instances", "gauge"),
             ("wisp_instance_memory_bytes", "gauge"),
             ("wisp_log_records_dropped", "counter"),
+            ("wisp_trigger_up", "gauge"),
+            ("wisp_trigger_events", "counter"),
         ];
         for (name, kind) in expected {
             assert!(
@@ -1045,6 +1133,56 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
         }
         assert_eq!(text.matches("# TYPE ").count(), expected.len(), "{text}");
+    }
+
+    #[test]
+    fn trigger_states_and_counters() {
+        let status = |state, delivered, failed, filtered| wisp_triggers::Status {
+            state,
+            last_error: None,
+            last_error_at: None,
+            delivered,
+            failed,
+            filtered,
+        };
+        let samples = vec![
+            TriggerSample {
+                name: "orders".into(),
+                kind: "nats",
+                status: status(wisp_triggers::State::Degraded, 5, 2, 1),
+            },
+            TriggerSample {
+                name: "nightly".into(),
+                kind: "cron",
+                status: status(wisp_triggers::State::Active, 3, 0, 0),
+            },
+        ];
+        let text = Metrics::default()
+            .encode_with_triggers(RuntimeSnapshot::default(), 0, samples)
+            .unwrap();
+        let x = Exposition::parse(&text);
+        let orders = [("trigger", "orders"), ("kind", "nats")];
+        assert_eq!(x.get("wisp_trigger_up", &orders), Some(0.0));
+        assert_eq!(
+            x.get(
+                "wisp_trigger_up",
+                &[("trigger", "nightly"), ("kind", "cron")]
+            ),
+            Some(1.0)
+        );
+        for (outcome, n) in [("delivered", 5.0), ("failed", 2.0), ("filtered", 1.0)] {
+            let mut labels = orders.to_vec();
+            labels.push(("outcome", outcome));
+            assert_eq!(
+                x.get("wisp_trigger_events_total", &labels),
+                Some(n),
+                "{outcome}"
+            );
+        }
+        // Sorted by trigger name.
+        assert!(
+            text.find("trigger=\"nightly\"").unwrap() < text.find("trigger=\"orders\"").unwrap()
+        );
     }
 
     #[test]

@@ -101,6 +101,20 @@ impl Manager {
         self.lock().get(name).map(|r| r.ctx.health.snapshot())
     }
 
+    /// Every known trigger's name, source kind and status.
+    pub fn statuses(&self) -> Vec<(String, &'static str, Status)> {
+        self.lock()
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    r.ctx.trigger.spec.source.kind(),
+                    r.ctx.health.snapshot(),
+                )
+            })
+            .collect()
+    }
+
     /// The context of an enabled webhook trigger, to deliver a request.
     pub fn webhook(&self, name: &str) -> Option<SourceContext> {
         let running = self.lock();
