@@ -143,6 +143,12 @@ pub(crate) fn queue_policy(c: &wisp_core::AsyncConfig) -> wisp_queue::policy::As
         },
         idempotency_window: Duration::from_millis(c.idempotency_window_ms),
         retry_on_4xx: c.retry_on_4xx,
+        // `on_failure = "dlq:QUEUE"` keeps dead invocations in that queue.
+        dead_letter_queue: c
+            .on_failure
+            .as_deref()
+            .and_then(|d| d.parse::<wisp_core::Destination>().ok())
+            .and_then(|d| d.dead_letter_queue().map(str::to_string)),
     }
 }
 
@@ -345,9 +351,12 @@ async fn run_one(app: &AppState, item: Leased) {
     }
 }
 
-/// On-success and on-failure destinations: an event to another function.
+/// On-success and on-failure destinations: an event to another function
+/// or to a broker (NATS, RabbitMQ, MQTT, Redis), or a named dead-letter
+/// queue.
 mod destinations {
     use super::*;
+    use wisp_core::Destination;
     use wisp_events::{Event, EventBuilder, EventBuilderV10};
 
     fn event(item: &Leased, kind: &str, data: serde_json::Value) -> Option<Event> {
@@ -394,6 +403,10 @@ mod destinations {
         )
     }
 
+    /// Sends the outcome of a finished invocation to its function's
+    /// destination: queued for a function, published (on a task of its
+    /// own, with retries) for a broker; nothing for a named dead-letter
+    /// queue, which the queue already filled.
     pub(super) async fn deliver(
         app: &AppState,
         item: &Leased,
@@ -408,37 +421,49 @@ mod destinations {
             return;
         };
         let policy = &resolved.primary.config.async_policy;
-        let (target, event) = match (status, &outcome) {
-            (Status::Succeeded, Ok(response)) => match &policy.on_success {
-                Some(t) => (t, success_event(item, response)),
-                None => return,
-            },
-            (Status::Dead | Status::Failed, Err(error)) => match &policy.on_failure {
-                Some(t) => (
-                    t,
-                    event(
-                        item,
-                        "failed",
-                        serde_json::json!({
-                            "invocation_id": inv.id,
-                            "function": inv.function,
-                            "error": error,
-                            "attempt": item.attempt,
-                            "request": {
-                                "method": item.request.method,
-                                "path": item.request.path_and_query,
-                                "body": String::from_utf8_lossy(&item.request.body),
-                            },
-                        }),
-                    ),
-                ),
-                None => return,
-            },
+        let configured = match (status, &outcome) {
+            (Status::Succeeded, Ok(_)) => &policy.on_success,
+            (Status::Dead | Status::Failed, Err(_)) => &policy.on_failure,
             _ => return,
         };
+        let Some(configured) = configured else { return };
+        let destination = match configured.parse::<Destination>() {
+            Ok(Destination::DeadLetterQueue(_)) => return,
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(id = %inv.id, destination = %wisp_core::destination::redact(configured), error = %e, "invalid destination; event not delivered");
+                return;
+            }
+        };
+        let event = match (&outcome, status) {
+            (Ok(response), Status::Succeeded) => success_event(item, response),
+            (Err(error), _) => event(
+                item,
+                "failed",
+                serde_json::json!({
+                    "invocation_id": inv.id,
+                    "function": inv.function,
+                    "error": error,
+                    "attempt": item.attempt,
+                    "request": {
+                        "method": item.request.method,
+                        "path": item.request.path_and_query,
+                        "body": String::from_utf8_lossy(&item.request.body),
+                    },
+                }),
+            ),
+            _ => None,
+        };
         let Some(event) = event else { return };
-        let Ok(target) = target.parse::<wisp_core::Target>() else {
-            return;
+        let target = match destination {
+            Destination::Function(target) => target,
+            Destination::Broker(broker) => {
+                wisp_triggers::Publisher::shared()
+                    .publish_detached(broker, event)
+                    .await;
+                return;
+            }
+            Destination::DeadLetterQueue(_) => return,
         };
         let resolved = match app.store.resolve(&target.name, &target.qualifier).await {
             Ok(r) => r,

@@ -73,6 +73,9 @@ pub struct DeadLetterInfo {
     pub idempotency_key: Option<String>,
     /// The dead letter this invocation replayed, if it was itself a replay.
     pub replayed_from: Option<String>,
+    /// The dead-letter queue it is kept in: `default`, or the one its
+    /// function's `on_failure` named (`dlq:QUEUE`).
+    pub queue: String,
 }
 
 impl From<&Invocation> for DeadLetterInfo {
@@ -89,6 +92,7 @@ impl From<&Invocation> for DeadLetterInfo {
             partition_key: inv.partition_key.clone(),
             idempotency_key: inv.idempotency_key.clone(),
             replayed_from: inv.replayed_from.clone(),
+            queue: inv.dead_letter_queue.clone(),
         }
     }
 }
@@ -173,6 +177,9 @@ pub struct ReplayedAll {
 pub struct ListQuery {
     /// Only this function's dead letters (default: every function's).
     function: Option<String>,
+    /// Only the dead letters of this dead-letter queue: `default`, or a
+    /// name from an `on_failure = "dlq:QUEUE"` (default: every queue's).
+    queue: Option<String>,
     /// At most this many (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -203,7 +210,8 @@ pub struct ReplayAllQuery {
     qualifier: Option<String>,
 }
 
-/// The dead-letter queue, newest first: of one function or of all.
+/// The dead-letter queue, newest first: of one function or of all, of one
+/// named dead-letter queue or of all.
 #[utoipa::path(get, path = "/v1/deadletters", tag = "deadletters", params(ListQuery),
     responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody)))]
 pub async fn list_deadletters(
@@ -211,6 +219,10 @@ pub async fn list_deadletters(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<DeadLetterList>> {
     let function = q.function.as_deref().map(function_field).transpose()?;
+    if let Some(queue) = &q.queue {
+        wisp_core::destination::check_queue_name(queue)
+            .map_err(|e| ValidationError::new("queue", e.to_string()))?;
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(
@@ -228,7 +240,12 @@ pub async fn list_deadletters(
     }
     let list = app
         .queue
-        .dead_letters(function.as_ref(), limit, q.before.as_deref())
+        .dead_letters(
+            function.as_ref(),
+            q.queue.as_deref(),
+            limit,
+            q.before.as_deref(),
+        )
         .await
         .map_err(queue_error)?;
     let next_before = if list.len() == limit as usize {

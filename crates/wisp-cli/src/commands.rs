@@ -703,6 +703,9 @@ pub enum DlqCommand {
     List {
         /// Only this function's dead letters
         name: Option<String>,
+        /// Only this dead-letter queue's: `default`, or one named by an `on_failure = "dlq:QUEUE"`
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
         /// Print at most this many
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: Option<u32>,
@@ -743,9 +746,19 @@ pub async fn dlq(ctx: &Ctx, cmd: DlqCommand) -> Result<(), Failure> {
     match cmd {
         DlqCommand::List {
             name,
+            queue,
             limit,
             before,
-        } => dlq_list(ctx, name.as_deref(), limit, before.as_deref()).await,
+        } => {
+            dlq_list(
+                ctx,
+                name.as_deref(),
+                queue.as_deref(),
+                limit,
+                before.as_deref(),
+            )
+            .await
+        }
         DlqCommand::Get { id } => dlq_get(ctx, &id).await,
         DlqCommand::Delete { id } => {
             ctx.client.delete_dead_letter(&id).await?;
@@ -823,13 +836,19 @@ fn first_line(s: &str, max: usize) -> String {
 async fn dlq_list(
     ctx: &Ctx,
     name: Option<&str>,
+    queue: Option<&str>,
     limit: Option<u32>,
     before: Option<&str>,
 ) -> Result<(), Failure> {
     let name = name.map(function_name).transpose()?;
     let page = ctx
         .client
-        .dead_letters(name.as_ref().map(FunctionName::as_str), limit, before)
+        .dead_letters(
+            name.as_ref().map(FunctionName::as_str),
+            queue,
+            limit,
+            before,
+        )
         .await?;
     if ctx.json {
         output::json(&page);
@@ -837,9 +856,10 @@ async fn dlq_list(
     }
     let letters = page["deadletters"].as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
+        let of_queue = queue.map(|q| format!(" in queue {q}")).unwrap_or_default();
         match &name {
-            Some(n) => line(format!("no dead letters of {n}")),
-            None => line("no dead letters"),
+            Some(n) => line(format!("no dead letters of {n}{of_queue}")),
+            None => line(format!("no dead letters{of_queue}")),
         }
         return Ok(());
     }
@@ -850,6 +870,7 @@ async fn dlq_list(
                 text(&d["id"]),
                 text(&d["function"]),
                 text(&d["qualifier"]),
+                text(&d["queue"]),
                 d["attempts"].as_array().map_or(0, Vec::len).to_string(),
                 timestamp(&d["updated_at"]),
                 first_line(d["error"].as_str().unwrap_or(""), 80),
@@ -857,12 +878,21 @@ async fn dlq_list(
         })
         .collect();
     line(output::table(
-        &["ID", "FUNCTION", "QUALIFIER", "ATTEMPTS", "DIED", "ERROR"],
+        &[
+            "ID",
+            "FUNCTION",
+            "QUALIFIER",
+            "QUEUE",
+            "ATTEMPTS",
+            "DIED",
+            "ERROR",
+        ],
         &rows,
     ));
     if let Some(next) = page["next_before"].as_str() {
         let of = name.map(|n| format!(" {n}")).unwrap_or_default();
-        line(format!("more: wisp dlq list{of} --before {next}"));
+        let in_queue = queue.map(|q| format!(" --queue {q}")).unwrap_or_default();
+        line(format!("more: wisp dlq list{of}{in_queue} --before {next}"));
     }
     Ok(())
 }

@@ -517,18 +517,23 @@ impl Client {
     }
 
     /// `GET /v1/deadletters`: one page of the dead-letter queue, newest
-    /// first (`{deadletters, next_before}`), of one function or of all.
-    /// `limit` is 1 to 1000 (the server's default is 100); `before` is a
-    /// previous page's `next_before`.
+    /// first (`{deadletters, next_before}`), of one function or of all, of
+    /// one named dead-letter queue (`default`, or a `dlq:QUEUE`
+    /// destination's) or of all. `limit` is 1 to 1000 (the server's default
+    /// is 100); `before` is a previous page's `next_before`.
     pub async fn dead_letters(
         &self,
         function: Option<&str>,
+        queue: Option<&str>,
         limit: Option<u32>,
         before: Option<&str>,
     ) -> Result<serde_json::Value, ClientError> {
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(f) = function {
             query.push(("function", f.to_string()));
+        }
+        if let Some(q) = queue {
+            query.push(("queue", q.to_string()));
         }
         if let Some(l) = limit {
             query.push(("limit", l.to_string()));

@@ -13,6 +13,7 @@
 //! assert_eq!("hello:3".parse::<Target>().unwrap().qualifier, Qualifier::Version(3));
 //! ```
 
+pub mod destination;
 pub mod digest;
 pub mod error;
 pub mod invoke;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod names;
 pub mod spec;
 
+pub use destination::{Broker, BrokerTarget, Destination, DestinationError, Protocol};
 pub use digest::Digest;
 pub use error::{ErrorBody, ErrorCode};
 pub use invoke::{

@@ -89,13 +89,16 @@ pub struct AsyncConfig {
     pub idempotency_window_ms: u64,
     /// Retry when the function answers 4xx (by default a 4xx is final).
     pub retry_on_4xx: bool,
-    /// `NAME[:QUALIFIER]` of a function that receives an event for each
-    /// success: the function's reply event if it answered with one, else a
-    /// `wisp.invocation.succeeded` event carrying the response.
+    /// Where an event goes after each success: the function's reply event
+    /// if it answered with one, else a `wisp.invocation.succeeded` event
+    /// carrying the response. A function (`NAME[:QUALIFIER]` or
+    /// `function:NAME[:QUALIFIER]`) or a broker URL (`nats://`, `amqp://`,
+    /// `mqtt://`, `redis://`); see [`crate::destination`].
     pub on_success: Option<String>,
-    /// `NAME[:QUALIFIER]` of a function that receives a
-    /// `wisp.invocation.failed` event for each invocation that ends failed
-    /// or dead (it is dead-lettered as well).
+    /// Where a `wisp.invocation.failed` event goes for each invocation
+    /// that ends failed or dead (it is dead-lettered as well): a function
+    /// or a broker URL as for `on_success`, or `dlq:QUEUE`, which keeps the
+    /// dead invocation in the named dead-letter queue instead of `default`.
     pub on_failure: Option<String>,
 }
 
@@ -147,10 +150,23 @@ impl AsyncConfig {
             ("on_success", &self.on_success),
             ("on_failure", &self.on_failure),
         ] {
-            if let Some(d) = dest {
-                d.parse::<crate::Target>().map_err(|e| {
-                    ValidationError::new(field(name), format!("`{d}` is not NAME[:QUALIFIER]: {e}"))
-                })?;
+            let Some(d) = dest else { continue };
+            let parsed = d.parse::<crate::Destination>().map_err(|e| {
+                ValidationError::new(
+                    field(name),
+                    format!(
+                        "`{}` is not a destination: {e}",
+                        crate::destination::redact(d)
+                    ),
+                )
+            })?;
+            if name == "on_success" && parsed.dead_letter_queue().is_some() {
+                return Err(ValidationError::new(
+                    field(name),
+                    format!(
+                        "`{d}` is a dead-letter queue, which holds failures: use it as on_failure; on_success takes a function (NAME[:QUALIFIER]; `function:{d}` for a function named `dlq`) or a nats://, amqp://, mqtt:// or redis:// URL"
+                    ),
+                ));
             }
         }
         if !(1000..=MAX_IDEMPOTENCY_WINDOW_MS).contains(&self.idempotency_window_ms) {
@@ -415,5 +431,49 @@ mod tests {
         let mut c = d();
         c.labels.insert("tier".into(), "".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn destinations_are_validated_by_field() {
+        let with = |success: Option<&str>, failure: Option<&str>| AsyncConfig {
+            on_success: success.map(str::to_string),
+            on_failure: failure.map(str::to_string),
+            ..AsyncConfig::default()
+        };
+        for ok in [
+            "sink",
+            "sink:prod",
+            "function:sink:2",
+            "nats://127.0.0.1:4222/orders.done",
+            "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=&routing_key=orders",
+            "mqtt://127.0.0.1:1883/orders/done",
+            "redis://127.0.0.1:6379/?channel=orders",
+            "redis://127.0.0.1:6379/?stream=orders",
+        ] {
+            with(Some(ok), None).validate().unwrap();
+            with(None, Some(ok)).validate().unwrap();
+        }
+        with(None, Some("dlq:payments")).validate().unwrap();
+
+        let e = with(Some("dlq:payments"), None).validate().unwrap_err();
+        assert_eq!(e.field, "async_policy.on_success");
+        assert!(e.message.contains("holds failures"), "{e}");
+        assert!(e.message.contains("on_failure"), "{e}");
+
+        let e = with(None, Some("dlq:Payments")).validate().unwrap_err();
+        assert_eq!(e.field, "async_policy.on_failure");
+        assert!(e.message.contains("1 to 63 characters"), "{e}");
+
+        let e = with(Some("Not Valid"), None).validate().unwrap_err();
+        assert_eq!(e.field, "async_policy.on_success");
+        assert!(e.message.contains("is not a destination"), "{e}");
+
+        // The password never appears in the message.
+        let e = with(None, Some("amqp://u:hunter2@h/%2f?exchange=x&bogus=1"))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "async_policy.on_failure");
+        assert!(e.message.contains("`bogus`"), "{e}");
+        assert!(!e.message.contains("hunter2"), "{e}");
     }
 }

@@ -129,12 +129,15 @@ pub trait InvocationQueue: Send + Sync {
         before: Option<&str>,
     ) -> Result<Vec<Invocation>, QueueError>;
 
-    /// The dead-letter queue, of one function or all, newest first, paged
-    /// like [`list`](Self::list). Requests are left out;
-    /// [`dead_letter`](Self::dead_letter) has them.
+    /// The dead letters, of one function or all, of one named dead-letter
+    /// queue or all (see [`AsyncPolicy::dead_letter_queue`]), newest first,
+    /// paged like [`list`](Self::list). Requests are left out;
+    /// [`dead_letter`](Self::dead_letter) has them. A malformed queue name
+    /// is `Invalid`, naming the field `queue`.
     async fn dead_letters(
         &self,
         function: Option<&FunctionName>,
+        queue: Option<&str>,
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<Invocation>, QueueError>;

@@ -325,6 +325,9 @@ pub struct Invocation {
     pub replayed_from: Option<String>,
     /// The invocation that replays this dead one, once replayed.
     pub replayed_as: Option<String>,
+    /// The dead-letter queue it is kept in once dead: its policy's
+    /// `dead_letter_queue`, else `default`.
+    pub dead_letter_queue: String,
 }
 
 /// The answer for one invocation of an `enqueue` batch, in batch order.

@@ -6,6 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use wisp_core::ValidationError;
+use wisp_core::destination::{DEFAULT_DEAD_LETTER_QUEUE, check_queue_name};
 
 /// How often an asynchronous invocation may run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,6 +61,11 @@ pub struct AsyncPolicy {
     /// Whether a 4xx answer from the function is retried (default false:
     /// a 4xx is a failure that goes straight to the dead-letter queue).
     pub retry_on_4xx: bool,
+    /// The named dead-letter queue a dead invocation is kept in (default
+    /// `None`: the queue named [`DEFAULT_DEAD_LETTER_QUEUE`]). Absent from
+    /// the JSON when `None`, so policies stored before it existed read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue: Option<String>,
 }
 
 impl Default for AsyncPolicy {
@@ -72,6 +78,7 @@ impl Default for AsyncPolicy {
             semantics: Semantics::AtLeastOnce,
             idempotency_window: Duration::from_secs(24 * 3600),
             retry_on_4xx: false,
+            dead_letter_queue: None,
         }
     }
 }
@@ -122,7 +129,18 @@ impl AsyncPolicy {
                 ),
             ));
         }
+        if let Some(queue) = &self.dead_letter_queue {
+            check_queue_name(queue)
+                .map_err(|e| ValidationError::new("dead_letter_queue", e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The name of the dead-letter queue a dead invocation is kept in.
+    pub fn dead_letter_queue_name(&self) -> &str {
+        self.dead_letter_queue
+            .as_deref()
+            .unwrap_or(DEFAULT_DEAD_LETTER_QUEUE)
     }
 
     /// Whether a failed attempt number `attempt` (1-based) may be followed
@@ -192,6 +210,15 @@ mod tests {
                 .unwrap();
         assert_eq!(p.semantics, Semantics::EffectivelyOnce);
         assert_eq!(p.backoff_min, Duration::from_millis(5));
+        assert_eq!(p.dead_letter_queue_name(), "default");
+        // A named dead-letter queue round-trips; unnamed, it is left out.
+        let named: AsyncPolicy =
+            serde_json::from_str(r#"{"dead_letter_queue": "payments"}"#).unwrap();
+        assert_eq!(named.dead_letter_queue.as_deref(), Some("payments"));
+        assert_eq!(named.dead_letter_queue_name(), "payments");
+        let json = serde_json::to_value(&named).unwrap();
+        assert_eq!(json["dead_letter_queue"], "payments");
+        assert_eq!(serde_json::from_value::<AsyncPolicy>(json).unwrap(), named);
     }
 
     #[test]
@@ -242,6 +269,21 @@ mod tests {
                 ..base.clone()
             }),
             "idempotency_window_ms"
+        );
+        assert_eq!(
+            field(AsyncPolicy {
+                dead_letter_queue: Some("Not Valid".into()),
+                ..base.clone()
+            }),
+            "dead_letter_queue"
+        );
+        assert!(
+            AsyncPolicy {
+                dead_letter_queue: Some("payments".into()),
+                ..base.clone()
+            }
+            .validate()
+            .is_ok()
         );
     }
 

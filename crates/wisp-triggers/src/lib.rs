@@ -31,6 +31,7 @@
 pub mod error;
 pub mod filter;
 pub mod manager;
+pub mod publish;
 pub mod sink;
 pub mod source;
 pub mod sources;
@@ -40,6 +41,7 @@ pub mod status;
 pub use error::TriggerError;
 pub use filter::Filter;
 pub use manager::Manager;
+pub use publish::{PublishConfig, PublishError, PublishStats, Publisher};
 pub use sink::{BatchOutcome, CursorStore, Delivery, EventSink, SinkError};
 pub use source::{Message, Source, SourceContext, SourceError, message_event};
 pub use spec::{OrderedConfig, OrderedFailure, SourceConfig, Trigger, TriggerSpec};

@@ -10,7 +10,7 @@
 //! them run while the writer commits. The queue assumes it is the only
 //! process writing to its file.
 //!
-//! # Schema (version 1, tracked in `PRAGMA user_version`)
+//! # Schema (version 2, tracked in `PRAGMA user_version`)
 //!
 //! - `invocations`: one row per invocation. `seq` (the rowid) is enqueue
 //!   order; `id` is the public, time-ordered id. `status` is the public
@@ -20,8 +20,11 @@
 //!   `attempts` are JSON. `ready_ns` is when a queued or retrying
 //!   invocation may run, `expires_ns` when it is too old to run
 //!   (`max_event_age`), `lease_*` who holds a running one and until when.
+//!   `dlq` (version 2, a virtual column) is the named dead-letter queue
+//!   from the policy (`default` when it names none).
 //!   Partial indexes serve leasing (`ready_ns` of runnable rows), lease
-//!   expiry, partition heads, the dead-letter queue and pruning.
+//!   expiry, partition heads, the dead-letter queue (all, per function and
+//!   per named queue) and pruning.
 //! - `requests` and `results`: the request and the (capped) response of
 //!   each invocation, apart so that scans do not read bodies.
 //! - `idempotency_keys`: `(function, key)` to the id accepted with it,
@@ -410,15 +413,41 @@ impl InvocationQueue for SqliteQueue {
     async fn dead_letters(
         &self,
         function: Option<&FunctionName>,
+        queue: Option<&str>,
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<Invocation>, QueueError> {
         let limit = check_limit(limit)?;
         let before = check_cursor(before)?;
+        if let Some(q) = queue {
+            wisp_core::destination::check_queue_name(q)
+                .map_err(|e| ValidationError::new("queue", e.to_string()))?;
+        }
         let function = function.cloned();
+        let queue = queue.map(str::to_string);
         self.read(move |conn| {
-            let rows = match function {
-                Some(function) => rows::load_many(
+            let rows = match (function, queue) {
+                (Some(function), Some(queue)) => rows::load_many(
+                    conn,
+                    &format!(
+                        "SELECT {} FROM invocations
+                         WHERE dead_letter = 1 AND dlq = ?1 AND function = ?2 AND id < ?3
+                         ORDER BY id DESC LIMIT ?4",
+                        rows::COLUMNS
+                    ),
+                    params![queue, function.as_str(), before, limit],
+                )?,
+                (None, Some(queue)) => rows::load_many(
+                    conn,
+                    &format!(
+                        "SELECT {} FROM invocations
+                         WHERE dead_letter = 1 AND dlq = ?1 AND id < ?2
+                         ORDER BY id DESC LIMIT ?3",
+                        rows::COLUMNS
+                    ),
+                    params![queue, before, limit],
+                )?,
+                (Some(function), None) => rows::load_many(
                     conn,
                     &format!(
                         "SELECT {} FROM invocations
@@ -428,7 +457,7 @@ impl InvocationQueue for SqliteQueue {
                     ),
                     params![function.as_str(), before, limit],
                 )?,
-                None => rows::load_many(
+                (None, None) => rows::load_many(
                     conn,
                     &format!(
                         "SELECT {} FROM invocations WHERE dead_letter = 1 AND id < ?1

@@ -83,6 +83,7 @@ impl InvocationRow {
             idempotency_key: self.idempotency_key.clone(),
             replayed_from: self.replayed_from.clone(),
             replayed_as: self.replayed_as.clone(),
+            dead_letter_queue: self.policy.dead_letter_queue_name().to_string(),
         }
     }
 

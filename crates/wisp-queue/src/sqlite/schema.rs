@@ -5,9 +5,9 @@ use rusqlite::{Connection, TransactionBehavior};
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
-const SCHEMA_V1: &str = r#"
+pub(super) const SCHEMA_V1: &str = r#"
 CREATE TABLE invocations (
     seq              INTEGER PRIMARY KEY,
     id               TEXT    NOT NULL UNIQUE,
@@ -105,6 +105,16 @@ CREATE TRIGGER invocations_partition_advance AFTER UPDATE OF status ON invocatio
           AND status IN ('queued', 'retrying', 'running')
         ORDER BY seq LIMIT 1);
 END;
+"#;
+
+/// Named dead-letter queues: `dlq`, the queue a dead invocation is kept
+/// in, derived from its policy (so rows written before it need no
+/// rewrite), and an index listing one queue's dead letters newest first.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE invocations ADD COLUMN dlq TEXT
+    GENERATED ALWAYS AS (COALESCE(json_extract(policy, '$.dead_letter_queue'), 'default')) VIRTUAL;
+CREATE INDEX invocations_dead_letters_by_queue ON invocations (dlq, id)
+    WHERE dead_letter = 1;
 "#;
 
 /// Applies the migrations the database has not seen, each in its own

@@ -196,7 +196,10 @@ async fn retries_with_backoff_then_dead_letters_every_attempt() {
     }
     assert!(lease_all(&q).await.is_empty());
 
-    let dead = q.dead_letters(Some(&name("f")), 10, None).await.unwrap();
+    let dead = q
+        .dead_letters(Some(&name("f")), None, 10, None)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, id);
     assert_eq!(dead[0].error.as_deref(), Some("boom 3"));
@@ -246,7 +249,7 @@ async fn non_retryable_failures_go_straight_to_dead() {
     assert_eq!(strict.attempts[0].outcome, "404");
     let lenient = q.get(&lenient).await.unwrap().unwrap();
     assert_eq!(lenient.status, Status::Retrying);
-    let dead = q.dead_letters(None, 10, None).await.unwrap();
+    let dead = q.dead_letters(None, None, 10, None).await.unwrap();
     assert_eq!(ids_of(&dead), vec![strict.id]);
 }
 
@@ -709,19 +712,22 @@ async fn dead_letter_queue_operations() {
     let f4 = make_dead(&q, "f", "4").await;
 
     // List, newest first, paged.
-    let page = q.dead_letters(Some(&name("f")), 2, None).await.unwrap();
+    let page = q
+        .dead_letters(Some(&name("f")), None, 2, None)
+        .await
+        .unwrap();
     assert_eq!(ids_of(&page), vec![f4.clone(), f3.clone()]);
     let page = q
-        .dead_letters(Some(&name("f")), 2, Some(&f3))
+        .dead_letters(Some(&name("f")), None, 2, Some(&f3))
         .await
         .unwrap();
     assert_eq!(ids_of(&page), vec![f2.clone(), f1.clone()]);
     let page = q
-        .dead_letters(Some(&name("f")), 2, Some(&f1))
+        .dead_letters(Some(&name("f")), None, 2, Some(&f1))
         .await
         .unwrap();
     assert!(page.is_empty());
-    let all = q.dead_letters(None, 100, None).await.unwrap();
+    let all = q.dead_letters(None, None, 100, None).await.unwrap();
     assert_eq!(
         ids_of(&all),
         vec![f4.clone(), f3.clone(), f2.clone(), g1.clone(), f1.clone()]
@@ -778,13 +784,13 @@ async fn dead_letter_queue_operations() {
     // Replay all of one function, to its own qualifier.
     assert_eq!(q.replay_all(&name("f"), None).await.unwrap(), 2);
     assert!(
-        q.dead_letters(Some(&name("f")), 10, None)
+        q.dead_letters(Some(&name("f")), None, 10, None)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        ids_of(&q.dead_letters(None, 10, None).await.unwrap()),
+        ids_of(&q.dead_letters(None, None, 10, None).await.unwrap()),
         vec![g1]
     );
     let leased = lease_all(&q).await;
@@ -1311,6 +1317,11 @@ fn the_planner_uses_the_partial_indexes() {
             "invocations_all_dead_letters",
         ),
         (
+            "SELECT seq FROM invocations WHERE dead_letter = 1 AND dlq = 'payments' AND id < '~'
+             ORDER BY id DESC LIMIT 10",
+            "invocations_dead_letters_by_queue",
+        ),
+        (
             "SELECT seq FROM invocations WHERE function = 'f' AND status = 'dead' AND id < '~'
              ORDER BY id DESC LIMIT 10",
             "invocations_by_status",
@@ -1425,5 +1436,188 @@ async fn throughput() {
     println!(
         "lease + complete: {completed} invocations in {secs:.2} s = {:.0} invocations/s durable",
         completed as f64 / secs
+    );
+}
+
+/// Enqueues an invocation of `function` whose policy names dead-letter
+/// queue `queue` (`None`: the default one) and fails it for good.
+async fn make_dead_in(q: &SqliteQueue, function: &str, body: &str, queue: Option<&str>) -> String {
+    let policy = AsyncPolicy {
+        max_retries: 0,
+        dead_letter_queue: queue.map(str::to_string),
+        ..Default::default()
+    };
+    let id = enqueue_one(q, with_policy(inv(function, body), policy)).await;
+    let leased = lease_all(q).await;
+    let l = leased.iter().find(|l| l.invocation.id == id).unwrap();
+    let status = q
+        .complete(&l.lease, failed(&format!("error {body}"), true))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Dead);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_dead_letter_queues_are_listed_apart() {
+    let (q, clock, _dir) = open();
+    let f_default = make_dead_in(&q, "f", "1", None).await;
+    let f_pay = make_dead_in(&q, "f", "2", Some("payments")).await;
+    let g_pay = make_dead_in(&q, "g", "3", Some("payments")).await;
+    let g_other = make_dead_in(&q, "g", "4", Some("other")).await;
+    let list = |function: Option<&'static str>, queue: Option<&'static str>| {
+        let q = q.clone();
+        async move {
+            let function = function.map(name);
+            ids_of(
+                &q.dead_letters(function.as_ref(), queue, 100, None)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(
+        list(None, Some("payments")).await,
+        vec![g_pay.clone(), f_pay.clone()]
+    );
+    assert_eq!(list(None, Some("default")).await, vec![f_default.clone()]);
+    assert_eq!(list(None, Some("other")).await, vec![g_other.clone()]);
+    assert!(list(None, Some("nothing-here")).await.is_empty());
+    assert_eq!(list(Some("f"), Some("payments")).await, vec![f_pay.clone()]);
+    assert!(list(Some("f"), Some("other")).await.is_empty());
+    assert_eq!(list(None, None).await.len(), 4, "no filter: every queue");
+    // Paged within one queue.
+    let page = q
+        .dead_letters(None, Some("payments"), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&page), vec![g_pay.clone()]);
+    let page = q
+        .dead_letters(None, Some("payments"), 1, Some(&g_pay))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&page), vec![f_pay.clone()]);
+    // Each dead letter says which queue holds it; so does its policy.
+    let all = q.dead_letters(None, None, 100, None).await.unwrap();
+    let queue_of = |id: &str| {
+        all.iter()
+            .find(|i| i.id == id)
+            .map(|i| i.dead_letter_queue.clone())
+            .unwrap()
+    };
+    assert_eq!(queue_of(&f_default), "default");
+    assert_eq!(queue_of(&f_pay), "payments");
+    assert_eq!(queue_of(&g_other), "other");
+    let letter = q.dead_letter(&f_pay).await.unwrap().unwrap();
+    assert_eq!(letter.policy.dead_letter_queue.as_deref(), Some("payments"));
+    assert_eq!(letter.invocation.dead_letter_queue, "payments");
+    // A malformed queue name is refused, naming the field.
+    for bad in ["", "Payments", "a b", "1st"] {
+        let e = q.dead_letters(None, Some(bad), 10, None).await.unwrap_err();
+        assert!(
+            matches!(&e, QueueError::Invalid(v) if v.field == "queue"),
+            "{bad}: {e}"
+        );
+    }
+    // An enqueue with a malformed queue name in its policy is refused.
+    let bad = with_policy(
+        inv("f", "x"),
+        AsyncPolicy {
+            dead_letter_queue: Some("Not Valid".into()),
+            ..Default::default()
+        },
+    );
+    let e = q.enqueue(vec![bad]).await.unwrap_err();
+    assert!(
+        matches!(&e, QueueError::Invalid(v) if v.field == "batch[0].policy.dead_letter_queue"),
+        "{e}"
+    );
+
+    // A replay keeps the policy: when it dies again it is back in its queue.
+    let new = q.replay(&f_pay, None).await.unwrap();
+    assert!(!list(None, Some("payments")).await.contains(&f_pay));
+    let leased = lease_all(&q).await;
+    assert_eq!(ids(&leased), vec![new.clone()]);
+    assert_eq!(
+        leased[0].policy.dead_letter_queue.as_deref(),
+        Some("payments")
+    );
+    q.complete(&leased[0].lease, failed("again", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        list(None, Some("payments")).await,
+        vec![new.clone(), g_pay.clone()]
+    );
+    // Expired invocations land in their named queue too.
+    let aged = with_policy(
+        inv("h", "old"),
+        AsyncPolicy {
+            max_event_age: Duration::from_secs(1),
+            dead_letter_queue: Some("other".into()),
+            ..Default::default()
+        },
+    );
+    let aged = enqueue_one(&q, aged).await;
+    clock.advance(Duration::from_secs(2));
+    assert!(lease_all(&q).await.is_empty());
+    assert_eq!(list(None, Some("other")).await, vec![aged, g_other]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_1_database_is_migrated_to_named_dead_letter_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let id = format!("{:032x}", 7);
+    {
+        // The schema and a dead letter as the first release wrote them.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::SCHEMA_V1).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        conn.execute(
+            "INSERT INTO invocations (id, function, qualifier, status, dead_letter, policy,
+                enqueued_ns, updated_ns, expires_ns, error)
+             VALUES (?1, 'f', 'latest', 'dead', 1, ?2, 1, 2, 3, 'boom')",
+            params![id, r#"{"max_retries":0,"backoff_min_ms":1000,"backoff_max_ms":300000,"max_event_age_ms":21600000,"semantics":"at_least_once","idempotency_window_ms":86400000,"retry_on_4xx":false}"#],
+        )
+        .unwrap();
+        let seq = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO requests (seq, method, path_and_query, headers, body)
+             VALUES (?1, 'POST', '/', '[]', x'6869')",
+            [seq],
+        )
+        .unwrap();
+    }
+    let q = SqliteQueue::open(&path).unwrap();
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let listed = q
+        .dead_letters(None, Some("default"), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&listed), vec![id.clone()]);
+    assert_eq!(listed[0].dead_letter_queue, "default");
+    assert!(
+        q.dead_letters(None, Some("payments"), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let letter = q.dead_letter(&id).await.unwrap().unwrap();
+    assert_eq!(letter.policy.dead_letter_queue, None);
+    assert_eq!(letter.request.body, b"hi");
+    // Still replayable, and reopening does not migrate again.
+    q.replay(&id, None).await.unwrap();
+    drop(q);
+    let q = SqliteQueue::open(&path).unwrap();
+    assert!(
+        q.dead_letters(None, None, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
