@@ -175,7 +175,10 @@ async fn apply_trigger(
         Err(e) if e.code() == Some(ErrorCode::TriggerNotFound) => None,
         Err(e) => return Err(err(e)),
     };
-    if existing.as_ref() == Some(&wanted) {
+    // The server never shows secrets, so a definition that has one cannot
+    // be compared: send it again, so a changed secret takes effect.
+    let has_secret = wanted.source != t.spec.source;
+    if !has_secret && existing.as_ref() == Some(&wanted) {
         return Ok("unchanged");
     }
     let body = serde_json::to_value(&t.spec)

@@ -356,4 +356,121 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("memory_mib"), "{e}");
     }
+
+    #[test]
+    fn triggers_are_parsed_and_checked() {
+        let m = parse(
+            r#"
+            [[function]]
+            name = "hello"
+            wasm = "hello.wasm"
+
+            [[trigger]]
+            name = "nightly"
+            target = "hello:live"
+            source = { kind = "cron", schedule = "0 3 * * *", timezone = "Europe/Berlin" }
+            filters = [{ exact = { type = "wisp.cron.tick" } }]
+            description = "Nightly report"
+
+            [[trigger]]
+            name = "hook"
+            target = "hello"
+            enabled = false
+            source = { kind = "webhook", secret = "s3cret" }
+            "#,
+        )
+        .unwrap();
+        let names: Vec<&str> = m.triggers.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["nightly", "hook"]);
+        let nightly = &m.triggers[0].spec;
+        assert_eq!(nightly.target, "hello:live");
+        assert!(nightly.enabled);
+        assert_eq!(nightly.description, "Nightly report");
+        assert_eq!(nightly.filters.len(), 1);
+        match &nightly.source {
+            wisp_triggers::SourceConfig::Cron(c) => {
+                assert_eq!(c.schedule, "0 3 * * *");
+                assert_eq!(c.timezone.as_deref(), Some("Europe/Berlin"));
+            }
+            other => panic!("a cron source, not {other:?}"),
+        }
+        let hook = &m.triggers[1].spec;
+        assert!(!hook.enabled);
+        assert_eq!(hook.source.kind(), "webhook");
+
+        // A manifest of triggers alone is not empty.
+        let m =
+            parse("[[trigger]]\nname = \"t\"\ntarget = \"f\"\nsource = { kind = \"webhook\" }\n")
+                .unwrap();
+        assert!(m.functions.is_empty());
+        assert_eq!(m.triggers.len(), 1);
+    }
+
+    #[test]
+    fn trigger_errors_name_the_trigger_or_the_key() {
+        const F: &str = "[[function]]\nname = \"f\"\nwasm = \"f.wasm\"\n";
+        let trigger = |body: &str| format!("{F}[[trigger]]\n{body}");
+
+        // Unknown keys, on the trigger and in its source, are named.
+        for (body, key) in [
+            (
+                "name = \"t\"\ntarget = \"f\"\ntargte = \"g\"\nsource = { kind = \"webhook\" }\n",
+                "targte",
+            ),
+            (
+                "name = \"t\"\ntarget = \"f\"\nsource = { kind = \"cron\", schedule = \"* * * * *\", tz = \"UTC\" }\n",
+                "tz",
+            ),
+            (
+                "name = \"t\"\ntarget = \"f\"\nsource = { kind = \"kafka\", topic = \"x\" }\n",
+                "kafka",
+            ),
+            ("name = \"t\"\ntarget = \"f\"\n", "source"),
+        ] {
+            let e = parse(&trigger(body)).unwrap_err();
+            assert!(
+                e.contains(key) && e.contains("/srv/app/wisp.toml"),
+                "{key}: {e}"
+            );
+        }
+
+        // Two triggers of one name.
+        let e = parse(&format!(
+            "{F}[[trigger]]\nname = \"dup\"\ntarget = \"f\"\nsource = {{ kind = \"webhook\" }}\n\
+             [[trigger]]\nname = \"dup\"\ntarget = \"f\"\nsource = {{ kind = \"cron\", schedule = \"* * * * *\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("trigger `dup` is defined twice"), "{e}");
+
+        // Invalid values name the trigger and the field.
+        for (body, wanted) in [
+            (
+                "name = \"nightly\"\ntarget = \"f\"\nsource = { kind = \"cron\", schedule = \"99 * * * *\" }\n",
+                "trigger `nightly`: source.schedule",
+            ),
+            (
+                "name = \"zoned\"\ntarget = \"f\"\nsource = { kind = \"cron\", schedule = \"* * * * *\", timezone = \"Mars/Base\" }\n",
+                "trigger `zoned`: source.timezone",
+            ),
+            (
+                "name = \"aimless\"\ntarget = \"F\"\nsource = { kind = \"webhook\" }\n",
+                "trigger `aimless`: target",
+            ),
+            (
+                "name = \"wide\"\ntarget = \"f\"\nsource = { kind = \"nats\", subject = \"a b\" }\n",
+                "trigger `wide`: source.subject",
+            ),
+        ] {
+            let e = parse(&trigger(body)).unwrap_err();
+            assert!(
+                e.contains(wanted) && e.contains("/srv/app/wisp.toml"),
+                "{e}"
+            );
+        }
+        let e = parse(&trigger(
+            "name = \"Bad\"\ntarget = \"f\"\nsource = { kind = \"webhook\" }\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("lowercase"), "{e}");
+    }
 }

@@ -244,6 +244,10 @@ fn deploy_applies_the_examples_manifest_idempotently() {
         .current_dir(dir.path())));
     assert!(first.stdout.contains("hello: created"), "{first:?}");
     assert!(first.stdout.contains("published version 1"), "{first:?}");
+    assert!(
+        first.stdout.contains("trigger every-minute: created"),
+        "{first:?}"
+    );
     let second = ok(run(server
         .cli()
         .arg("deploy")
@@ -254,6 +258,10 @@ fn deploy_applies_the_examples_manifest_idempotently() {
         "{second:?}"
     );
     assert!(second.stdout.contains("hello: unchanged"), "{second:?}");
+    assert!(
+        second.stdout.contains("trigger every-minute: unchanged"),
+        "{second:?}"
+    );
     let out = ok(run(server.cli().args(["invoke", "hello:1"])));
     assert_eq!(out.stdout, "Hello from Wisp!\n");
 
