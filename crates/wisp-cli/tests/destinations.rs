@@ -7,24 +7,12 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use wisp_testkit::{Api, Server};
+use wisp_testkit::{Api, Server, unique};
 
 const STRUCTURED: &str = "application/cloudevents+json";
 
 /// XRANGE's answer: entry ids with their field-value pairs.
 type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
-
-fn unique(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    format!("{prefix}-{:016x}", h.finish())
-}
 
 /// Queues an invocation of `name` and returns its id.
 async fn queue(api: &Api, name: &str) -> String {

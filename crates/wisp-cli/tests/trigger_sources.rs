@@ -70,43 +70,12 @@ async fn create_trigger(api: &Api, body: Value) -> Value {
     t
 }
 
-async fn trigger(api: &Api, name: &str) -> Value {
-    let (status, t) = api
-        .send(Method::GET, &format!("/v1/triggers/{name}"), None)
-        .await;
-    assert_eq!(status, 200, "{t}");
-    t
-}
-
 fn count(t: &Value, counter: &str) -> u64 {
     t["status"][counter].as_u64().unwrap_or_default()
 }
 
-/// Polls trigger `name` until `check` holds, or panics after `within`
-/// saying it never became `what`.
-async fn wait_trigger(
-    api: &Api,
-    name: &str,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let t = trigger(api, name).await;
-        if check(&t) {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trigger `{name}` never became {what} within {within:?}: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn wait_active(api: &Api, name: &str) -> Value {
-    wait_trigger(api, name, Duration::from_secs(30), "active", |t| {
+    api.wait_trigger(name, Duration::from_secs(30), "active", |t| {
         t["status"]["state"] == "active"
     })
     .await
@@ -426,10 +395,11 @@ async fn nats_core_messages_reach_the_function_as_binary_cloudevents() {
 
             let mut echo = Succeeded::new("echo");
             echo.wait(&api, 2).await;
-            let t = wait_trigger(&api, "core", ARRIVAL, "counted", |t| {
-                count(t, "delivered") == 2 && count(t, "filtered") == 1
-            })
-            .await;
+            let t = api
+                .wait_trigger("core", ARRIVAL, "counted", |t| {
+                    count(t, "delivered") == 2 && count(t, "filtered") == 1
+                })
+                .await;
             assert_eq!(count(&t, "failed"), 0, "{t}");
             let replies = echo.settle(&api).await;
             assert_eq!(replies.len(), 2, "{replies:?}");
@@ -493,7 +463,7 @@ async fn jetstream_messages_reach_the_function_and_are_acknowledged() {
             let mut echo = Succeeded::new("echo");
             echo.wait(&api, 5).await;
             wait_consumer_settled(&js, &stream, "wisp-js", 5).await;
-            let t = trigger(&api, "js").await;
+            let t = api.trigger("js").await;
             assert_eq!(count(&t, "delivered"), 5, "{t}");
             let replies = echo.settle(&api).await;
             assert_eq!(replies.len(), 5, "{replies:?}");
@@ -589,7 +559,7 @@ async fn mqtt5_messages_reach_the_function_as_binary_cloudevents() {
             echo.wait(&api, 2).await;
             let replies = echo.settle(&api).await;
             assert_eq!(replies.len(), 2, "{replies:?}");
-            let t = trigger(&api, "mqtt").await;
+            let t = api.trigger("mqtt").await;
             assert_eq!(count(&t, "delivered"), 2, "{t}");
 
             let j = by_subject(&replies, &json_topic);
@@ -670,7 +640,7 @@ async fn redis_pubsub_messages_reach_the_function_as_binary_cloudevents() {
             assert_eq!(ce(two, "redispattern"), pattern);
 
             for name in ["channel", "pattern"] {
-                let t = trigger(&api, name).await;
+                let t = api.trigger(name).await;
                 assert_eq!(count(&t, "delivered"), 1, "{t}");
             }
         },
@@ -743,7 +713,7 @@ async fn redis_stream_entries_reach_the_function_and_are_acknowledged() {
             }
             let replies = echo.settle(&api).await;
             assert_eq!(replies.len(), 3, "{replies:?}");
-            let t = trigger(&api, "entries").await;
+            let t = api.trigger("entries").await;
             assert_eq!(count(&t, "delivered"), 3, "{t}");
 
             let by_id = |id: &str| -> Value {
@@ -902,10 +872,11 @@ async fn stream_messages_wait_in_the_broker_while_the_target_is_missing() {
                     .unwrap();
             }
             for name in ["js-late", "redis-late"] {
-                let t = wait_trigger(&api, name, ARRIVAL, "degraded", |t| {
-                    t["status"]["state"] == "degraded" && count(t, "failed") >= 1
-                })
-                .await;
+                let t = api
+                    .wait_trigger(name, ARRIVAL, "degraded", |t| {
+                        t["status"]["state"] == "degraded" && count(t, "failed") >= 1
+                    })
+                    .await;
                 let error = t["status"]["last_error"].as_str().unwrap_or_default();
                 assert!(error.contains("the target function is unavailable"), "{t}");
                 assert_eq!(count(&t, "delivered"), 0, "{t}");
@@ -999,12 +970,13 @@ async fn assert_ordered_outcome(
     partition_key: &str,
     check: impl Fn(&Value),
 ) {
-    let t = wait_trigger(api, name, Duration::from_secs(60), "done", |t| {
-        count(t, "delivered") + count(t, "failed") >= ORDERED_TOTAL
-    })
-    .await;
+    let t = api
+        .wait_trigger(name, Duration::from_secs(60), "done", |t| {
+            count(t, "delivered") + count(t, "failed") >= ORDERED_TOTAL
+        })
+        .await;
     tokio::time::sleep(QUIET).await;
-    let t2 = trigger(api, name).await;
+    let t2 = api.trigger(name).await;
     assert_eq!(t["status"], t2["status"], "nothing more ran");
     assert_eq!(count(&t, "delivered"), ORDERED_TOTAL - 1, "{t}");
     assert_eq!(count(&t, "failed"), 1, "{t}");
@@ -1230,7 +1202,7 @@ async fn a_broker_outage_degrades_only_its_trigger_until_the_broker_is_back() {
             let nc = nats_client(&url).await;
             nc.publish(subject.clone(), "before".into()).await.unwrap();
             nc.flush().await.unwrap();
-            wait_trigger(&api, "faulty", ARRIVAL, "delivering", |t| {
+            api.wait_trigger("faulty", ARRIVAL, "delivering", |t| {
                 count(t, "delivered") == 1
             })
             .await;
@@ -1238,10 +1210,11 @@ async fn a_broker_outage_degrades_only_its_trigger_until_the_broker_is_back() {
 
             // The broker goes away: its trigger degrades, with the reason.
             drop(nats);
-            let t = wait_trigger(&api, "faulty", Duration::from_secs(20), "degraded", |t| {
-                t["status"]["state"] == "degraded"
-            })
-            .await;
+            let t = api
+                .wait_trigger("faulty", Duration::from_secs(20), "degraded", |t| {
+                    t["status"]["state"] == "degraded"
+                })
+                .await;
             assert!(
                 t["status"]["last_error"]
                     .as_str()
@@ -1251,18 +1224,19 @@ async fn a_broker_outage_degrades_only_its_trigger_until_the_broker_is_back() {
             assert!(t["status"]["last_error_at"].is_string(), "{t}");
 
             // The cron trigger keeps firing and the server keeps answering.
-            let ticks = count(&trigger(&api, "tick").await, "delivered");
-            let tick = wait_trigger(&api, "tick", Duration::from_secs(15), "ticking", |t| {
-                count(t, "delivered") >= ticks + 2
-            })
-            .await;
+            let ticks = count(&api.trigger("tick").await, "delivered");
+            let tick = api
+                .wait_trigger("tick", Duration::from_secs(15), "ticking", |t| {
+                    count(t, "delivered") >= ticks + 2
+                })
+                .await;
             assert_eq!(tick["status"]["state"], "active", "{tick}");
             let (status, _, body) = api.call("/fn/echo/still-here").await;
             assert_eq!(status, 200, "{body}");
             let (status, list) = api.send(Method::GET, "/v1/triggers", None).await;
             assert_eq!(status, 200, "{list}");
             assert_eq!(list["triggers"].as_array().unwrap().len(), 2, "{list}");
-            let t = trigger(&api, "faulty").await;
+            let t = api.trigger("faulty").await;
             assert_eq!(t["status"]["state"], "degraded", "still down: {t}");
             let out = tokio::task::block_in_place(|| run(server.cli().args(["trigger", "list"])));
             assert_eq!(out.code, 0, "{out:?}");
@@ -1275,13 +1249,9 @@ async fn a_broker_outage_degrades_only_its_trigger_until_the_broker_is_back() {
 
             // The broker is back on the same port: active, delivering.
             let _nats = PrivateNats::start(port).await;
-            wait_trigger(
-                &api,
-                "faulty",
-                Duration::from_secs(60),
-                "active again",
-                |t| t["status"]["state"] == "active",
-            )
+            api.wait_trigger("faulty", Duration::from_secs(60), "active again", |t| {
+                t["status"]["state"] == "active"
+            })
             .await;
             let nc = nats_client(&url).await;
             nc.publish(subject.clone(), "after".into()).await.unwrap();
@@ -1304,7 +1274,7 @@ async fn a_broker_outage_degrades_only_its_trigger_until_the_broker_is_back() {
                 assert!(Instant::now() < deadline, "{bodies:?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert_eq!(count(&trigger(&api, "faulty").await, "delivered"), 2);
+            assert_eq!(count(&api.trigger("faulty").await, "delivered"), 2);
         },
         async {},
     )
@@ -1337,10 +1307,11 @@ async fn a_trigger_created_before_its_broker_or_stream_is_degraded_not_refused()
                 ),
                 "{created}"
             );
-            let t = wait_trigger(&api, "early", Duration::from_secs(10), "degraded", |t| {
-                t["status"]["state"] == "degraded"
-            })
-            .await;
+            let t = api
+                .wait_trigger("early", Duration::from_secs(10), "degraded", |t| {
+                    t["status"]["state"] == "degraded"
+                })
+                .await;
             let error = t["status"]["last_error"].as_str().unwrap_or_default();
             assert!(
                 error.contains("cannot connect") && error.contains(&format!("127.0.0.1:{port}")),
@@ -1356,17 +1327,18 @@ async fn a_trigger_created_before_its_broker_or_stream_is_degraded_not_refused()
                         "jetstream": {"stream": stream}}}),
             )
             .await;
-            let t = wait_trigger(&api, "unborn", Duration::from_secs(10), "degraded", |t| {
-                t["status"]["state"] == "degraded"
-            })
-            .await;
+            let t = api
+                .wait_trigger("unborn", Duration::from_secs(10), "degraded", |t| {
+                    t["status"]["state"] == "degraded"
+                })
+                .await;
             let error = t["status"]["last_error"].as_str().unwrap_or_default();
             assert!(error.contains(&stream), "{t}");
 
             // Both stay there, retrying, and are listed like any other.
             tokio::time::sleep(Duration::from_secs(1)).await;
             for name in ["early", "unborn"] {
-                assert_eq!(trigger(&api, name).await["status"]["state"], "degraded");
+                assert_eq!(api.trigger(name).await["status"]["state"], "degraded");
             }
             let (_, list) = api.send(Method::GET, "/v1/triggers", None).await;
             assert_eq!(list["triggers"].as_array().unwrap().len(), 2, "{list}");
@@ -1378,7 +1350,7 @@ async fn a_trigger_created_before_its_broker_or_stream_is_degraded_not_refused()
             let replies = echo.wait(&api, 1).await;
             assert_eq!(ce(&replies[0], "natsstream"), stream);
             assert_eq!(ce(&replies[0], "subject"), format!("{prefix}.born"));
-            assert_eq!(trigger(&api, "early").await["status"]["state"], "degraded");
+            assert_eq!(api.trigger("early").await["status"]["state"], "degraded");
         },
         cleanup,
     )
@@ -1454,7 +1426,7 @@ async fn trigger_commands_from_the_cli() {
             assert!(out.stderr.contains("tick"), "{out:?}");
 
             // It fires, and `get` shows the counters.
-            wait_trigger(&api, "tick", Duration::from_secs(15), "firing", |t| {
+            api.wait_trigger("tick", Duration::from_secs(15), "firing", |t| {
                 count(t, "delivered") >= 1
             })
             .await;
@@ -1499,16 +1471,16 @@ async fn trigger_commands_from_the_cli() {
             assert_eq!(got["enabled"], false);
             assert_eq!(got["status"]["state"], "disabled");
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let stopped = count(&trigger(&api, "tick").await, "delivered");
+            let stopped = count(&api.trigger("tick").await, "delivered");
             tokio::time::sleep(Duration::from_millis(2200)).await;
             assert_eq!(
-                count(&trigger(&api, "tick").await, "delivered"),
+                count(&api.trigger("tick").await, "delivered"),
                 stopped,
                 "a disabled trigger fired"
             );
             let enabled = json_out(cli(&server, &["--json", "trigger", "enable", "tick"]));
             assert_eq!(enabled["enabled"], true);
-            wait_trigger(&api, "tick", Duration::from_secs(15), "firing again", |t| {
+            api.wait_trigger("tick", Duration::from_secs(15), "firing again", |t| {
                 count(t, "delivered") > stopped
             })
             .await;
@@ -1651,11 +1623,11 @@ async fn deploy_applies_trigger_entries_of_the_manifest() {
             assert!(first.stdout.contains("hooked: created"), "{first:?}");
             assert!(first.stdout.contains("trigger hook: created"), "{first:?}");
             assert!(first.stdout.contains("trigger nightly: created"), "{first:?}");
-            let hook = trigger(&api, "hook").await;
+            let hook = api.trigger("hook").await;
             assert_eq!(hook["description"], "first");
             assert_eq!(hook["target"], "hooked");
             assert_eq!(hook["webhook_path"], "/hooks/hook");
-            let nightly = trigger(&api, "nightly").await;
+            let nightly = api.trigger("nightly").await;
             assert_eq!(nightly["source"]["timezone"], "Europe/Berlin");
 
             // The deployed webhook works.
@@ -1680,7 +1652,7 @@ async fn deploy_applies_trigger_entries_of_the_manifest() {
                 !second.stdout.contains("created") && !second.stdout.contains("updated"),
                 "{second:?}"
             );
-            assert_eq!(trigger(&api, "hook").await["updated_at"], hook["updated_at"]);
+            assert_eq!(api.trigger("hook").await["updated_at"], hook["updated_at"]);
 
             // One trigger changed in the file: only it is updated.
             std::fs::write(dir.path().join("wisp.toml"), manifest("second")).unwrap();
@@ -1698,7 +1670,7 @@ async fn deploy_applies_trigger_entries_of_the_manifest() {
                 lines.contains(&json!({"trigger": "nightly", "action": "unchanged"})),
                 "{third:?}"
             );
-            assert_eq!(trigger(&api, "hook").await["description"], "second");
+            assert_eq!(api.trigger("hook").await["description"], "second");
 
             // A manifest with a broken trigger applies nothing and names it.
             std::fs::write(
@@ -1709,7 +1681,7 @@ async fn deploy_applies_trigger_entries_of_the_manifest() {
             let out = deploy(false);
             assert_eq!(out.code, 2, "{out:?}");
             assert!(out.stderr.contains("trigger `nightly`"), "{out:?}");
-            assert_eq!(trigger(&api, "hook").await["description"], "second");
+            assert_eq!(api.trigger("hook").await["description"], "second");
         },
         async {},
     )

@@ -33,32 +33,6 @@ async fn received(api: &Api, function: &str) -> HashMap<String, Value> {
     out
 }
 
-async fn trigger(api: &Api, name: &str) -> Value {
-    let (status, t) = api
-        .send(Method::GET, &format!("/v1/triggers/{name}"), None)
-        .await;
-    assert_eq!(status, 200, "{t}");
-    t
-}
-
-/// Polls until `check` holds for the trigger, or panics after `within`.
-async fn wait_trigger(
-    api: &Api,
-    name: &str,
-    within: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let t = trigger(api, name).await;
-        if check(&t) {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "trigger never got there: {t}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_lifecycle_status_and_validation() {
     let server = Server::start_with(env!("CARGO_BIN_EXE_wisp"), &[]);
@@ -79,10 +53,11 @@ async fn trigger_lifecycle_status_and_validation() {
     );
 
     // It fires, and its counters say so.
-    let t = wait_trigger(&api, "tick", Duration::from_secs(15), |t| {
-        t["status"]["delivered"].as_u64() >= Some(2)
-    })
-    .await;
+    let t = api
+        .wait_trigger("tick", Duration::from_secs(15), "ready", |t| {
+            t["status"]["delivered"].as_u64() >= Some(2)
+        })
+        .await;
     assert_eq!(t["status"]["state"], "active");
     let seen = received(&api, "echo").await;
     assert!(
@@ -98,11 +73,11 @@ async fn trigger_lifecycle_status_and_validation() {
     assert_eq!(t["status"]["state"], "disabled");
     assert_eq!(t["enabled"], false);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = trigger(&api, "tick").await["status"]["delivered"]
+    let before = api.trigger("tick").await["status"]["delivered"]
         .as_u64()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = trigger(&api, "tick").await["status"]["delivered"]
+    let after = api.trigger("tick").await["status"]["delivered"]
         .as_u64()
         .unwrap();
     assert_eq!(before, after, "a disabled trigger fired");
@@ -110,7 +85,7 @@ async fn trigger_lifecycle_status_and_validation() {
         .send(Method::POST, "/v1/triggers/tick/enable", None)
         .await;
     assert_eq!(status, 200, "{t}");
-    wait_trigger(&api, "tick", Duration::from_secs(10), |t| {
+    api.wait_trigger("tick", Duration::from_secs(10), "ready", |t| {
         t["status"]["delivered"].as_u64() > Some(after)
     })
     .await;
@@ -127,7 +102,7 @@ async fn trigger_lifecycle_status_and_validation() {
         )
         .await;
     assert_eq!(status, 200, "{t}");
-    wait_trigger(&api, "tick", Duration::from_secs(10), |t| {
+    api.wait_trigger("tick", Duration::from_secs(10), "ready", |t| {
         t["status"]["filtered"].as_u64() >= Some(1)
     })
     .await;
@@ -276,7 +251,7 @@ async fn webhooks_verify_signatures_and_filter() {
     assert_eq!(h["ce-subject"], "push");
     assert_eq!(h["ce-id"], "d-push");
     assert_eq!(h["ce-source"], "/hooks/gh");
-    let t = trigger(&api, "gh").await;
+    let t = api.trigger("gh").await;
     assert_eq!(t["status"]["delivered"], 1, "{t}");
     assert_eq!(t["status"]["filtered"], 1, "{t}");
 
@@ -297,7 +272,7 @@ async fn rabbitmq_messages_survive_a_kill_9_of_the_server() {
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
     const TOTAL: usize = 300;
-    let queue = format!("wisp-kill9-{:016x}", rand_u64());
+    let queue = wisp_testkit::unique("wisp-kill9");
     let conn = Connection::connect(
         "amqp://guest:guest@127.0.0.1:5672/%2f",
         ConnectionProperties::default(),
@@ -329,7 +304,7 @@ async fn rabbitmq_messages_survive_a_kill_9_of_the_server() {
         )
         .await;
     assert_eq!(status, 201, "{t}");
-    wait_trigger(&api, "amqp", Duration::from_secs(20), |t| {
+    api.wait_trigger("amqp", Duration::from_secs(20), "ready", |t| {
         t["status"]["state"] == "active"
     })
     .await;
@@ -384,16 +359,4 @@ async fn rabbitmq_messages_survive_a_kill_9_of_the_server() {
         "lost {} messages: {missing:?}",
         missing.len()
     );
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
 }

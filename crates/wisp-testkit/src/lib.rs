@@ -413,6 +413,38 @@ impl Api {
             .collect()
     }
 
+    /// `GET /v1/triggers/{name}`, expecting 200.
+    pub async fn trigger(&self, name: &str) -> serde_json::Value {
+        let (status, t) = self
+            .send(reqwest::Method::GET, &format!("/v1/triggers/{name}"), None)
+            .await;
+        assert_eq!(status, 200, "{t}");
+        t
+    }
+
+    /// Polls trigger `name` until `check` holds and returns it; panics
+    /// after `within` saying it never became `what`.
+    pub async fn wait_trigger(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let t = self.trigger(name).await;
+            if check(&t) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trigger `{name}` never became {what} within {within:?}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// GETs `path` on the data plane and returns status, headers and body.
     pub async fn call(
         &self,
