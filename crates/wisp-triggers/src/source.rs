@@ -132,8 +132,8 @@ impl SourceContext {
         }
         // Depth-first, in order: a failed batch's first half runs before its
         // second half, so order within the key is kept.
-        let mut stack = vec![(passing, None::<String>)];
-        while let Some((batch, parent)) = stack.pop() {
+        let mut stack = vec![passing];
+        while let Some(batch) = stack.pop() {
             let n = batch.len() as u64;
             match self
                 .sink
@@ -152,15 +152,14 @@ impl SourceContext {
                         self.sink.forget_dead_letter(&invocation_id).await?;
                         let mut first = batch;
                         let second = first.split_off(first.len() / 2);
-                        stack.push((second, None));
-                        stack.push((first, None));
+                        stack.push(second);
+                        stack.push(first);
                     } else {
                         // In the dead-letter queue, with the whole batch.
                         self.health.add_failed(n);
                     }
                 }
             }
-            let _ = parent;
         }
         Ok(())
     }
