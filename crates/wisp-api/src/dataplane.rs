@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use wisp_core::{BoxError, Target, ValidationError};
+use wisp_core::{BoxError, Target, ValidationError, VersionId};
 
 /// Response header with the invocation's request id.
 pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
@@ -24,13 +24,21 @@ pub const FUNCTION_HEADER: &str = "x-wisp-function";
 /// A new request id: 12 hex digits of milliseconds since the epoch, then 20
 /// random hex digits, so ids sort by time.
 pub fn new_request_id() -> String {
-    let ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let r: u128 = rand::random();
-    format!(
-        "{:012x}{:020x}",
-        ms & 0xffff_ffff_ffff,
-        r & ((1u128 << 80) - 1)
-    )
+    // The low 48 bits of the time and the low 80 random bits, written
+    // without going through the formatting machinery.
+    let mut id = [0u8; 32];
+    for (i, digit) in id[..12].iter_mut().enumerate() {
+        *digit = HEX[((ms >> (4 * (11 - i))) & 0xf) as usize];
+    }
+    for (i, digit) in id[12..].iter_mut().enumerate() {
+        *digit = HEX[((r >> (4 * (19 - i))) & 0xf) as usize];
+    }
+    id.iter().map(|&b| b as char).collect()
 }
 
 /// Splits `/fn/<target>/<rest>` into the target and the rest of the path.
@@ -45,18 +53,23 @@ fn split_path(path: &str) -> (&str, &str) {
 /// Handles every request under `/fn/`.
 pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
     let request_id = new_request_id();
-    let mut res = match forward(&app, req, &request_id).await {
+    // Hex digits only, so always a valid header value.
+    let id_header = HeaderValue::from_str(&request_id).ok();
+    let mut res = match forward(&app, req, request_id).await {
         Ok(res) => res,
-        Err(e) => e.with_request_id(&request_id).into_response(),
+        Err(e) => {
+            let id = id_header.as_ref().and_then(|v| v.to_str().ok());
+            e.with_request_id(id.unwrap_or_default()).into_response()
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Some(v) = id_header {
         res.headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
     }
     res
 }
 
-async fn forward(app: &AppState, req: Request, request_id: &str) -> Result<Response, ApiError> {
+async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let (target, rest) = split_path(parts.uri.path());
     let target: Target = target
@@ -96,12 +109,11 @@ async fn forward(app: &AppState, req: Request, request_id: &str) -> Result<Respo
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
+        .unwrap_or("localhost");
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(path_and_query.as_str())
+        .authority(authority)
+        .path_and_query(path_and_query)
         .build()
         .map_err(|e| ApiError::bad_request(format!("cannot forward this URI: {e}")))?;
     let limit = app.max_invoke_body;
@@ -118,20 +130,21 @@ async fn forward(app: &AppState, req: Request, request_id: &str) -> Result<Respo
         .boxed_unsync();
     let request = http::Request::from_parts(parts, body);
 
-    let version = deployment.version.to_string();
-    let function = deployment.function.to_string();
+    let served = deployment.clone();
     let response = app
         .invoker
-        .invoke(deployment, request_id.to_string(), request)
+        .invoke(deployment, request_id, request)
         .await
         .map_err(ApiError::from)?;
     let (mut parts, body) = response.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&version) {
-        parts
-            .headers
-            .insert(HeaderName::from_static(VERSION_HEADER), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&function) {
+    let version = match served.version {
+        VersionId::Latest => HeaderValue::from_static("latest"),
+        VersionId::Published(n) => HeaderValue::from(n),
+    };
+    parts
+        .headers
+        .insert(HeaderName::from_static(VERSION_HEADER), version);
+    if let Ok(v) = HeaderValue::from_str(served.function.as_str()) {
         parts
             .headers
             .insert(HeaderName::from_static(FUNCTION_HEADER), v);
@@ -166,5 +179,13 @@ mod tests {
         let b = new_request_id();
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        // The first 12 digits are the time in milliseconds.
+        let ms = u64::from_str_radix(&a[..12], 16).unwrap();
+        let now = chrono::Utc::now().timestamp_millis() as u64 & 0xffff_ffff_ffff;
+        assert!(now.abs_diff(ms) < 60_000, "{ms} vs {now}");
     }
 }

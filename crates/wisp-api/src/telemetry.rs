@@ -43,11 +43,14 @@ struct Bucket {
     samples: Vec<f64>,
 }
 
-type Key = (FunctionName, VersionId);
+/// The buckets of each version of a function.
+type Versions = Vec<(VersionId, Vec<Bucket>)>;
 
 /// Collects invocation records. Cheap to call from the request path.
 pub struct Telemetry {
-    windows: Mutex<HashMap<Key, Vec<Bucket>>>,
+    /// By function, then version: a record is filed without building (and
+    /// allocating) an owned key.
+    windows: Mutex<HashMap<FunctionName, Versions>>,
     metrics: Metrics,
     logs: mpsc::Sender<NewLogRecord>,
     dropped_logs: AtomicU64,
@@ -87,8 +90,24 @@ impl Telemetry {
         let start = now - now.rem_euclid(BUCKET_SECS);
         let horizon = now - STATS_WINDOW.as_secs() as i64;
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let buckets = windows.entry((r.function.clone(), r.version)).or_default();
-        buckets.retain(|b| b.start + BUCKET_SECS > horizon);
+        let versions = match windows.get_mut(&r.function) {
+            Some(versions) => versions,
+            None => windows.entry(r.function.clone()).or_default(),
+        };
+        let i = match versions.iter().position(|(v, _)| *v == r.version) {
+            Some(i) => i,
+            None => {
+                versions.push((r.version, Vec::new()));
+                versions.len() - 1
+            }
+        };
+        let buckets = &mut versions[i].1;
+        if buckets
+            .first()
+            .is_some_and(|b| b.start + BUCKET_SECS <= horizon)
+        {
+            buckets.retain(|b| b.start + BUCKET_SECS > horizon);
+        }
         if buckets.last().is_none_or(|b| b.start != start) {
             buckets.push(Bucket {
                 start,
@@ -128,9 +147,10 @@ impl Telemetry {
         let horizon = Utc::now().timestamp() - STATS_WINDOW.as_secs() as i64;
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let mut per_version: Vec<(VersionId, Vec<&Bucket>)> = windows
-            .iter()
-            .filter(|((f, _), _)| f == function)
-            .map(|((_, v), buckets)| {
+            .get(function)
+            .into_iter()
+            .flatten()
+            .map(|(v, buckets)| {
                 let live = buckets
                     .iter()
                     .filter(|b| b.start + BUCKET_SECS > horizon)

@@ -1,16 +1,47 @@
 //! The per-invocation host state that lives in a wasmtime `Store`, and the
 //! capability checks at the host boundary.
 
+use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wisp_core::Deployment;
+
+/// The request an instance is serving, from which
+/// `wasi:cli/environment.get-environment` is answered. Set before each
+/// request, so a reused instance sees the current request id; the list
+/// itself is only built when the guest asks for it (most never do).
+#[derive(Default)]
+pub(crate) struct RequestContext {
+    pub(crate) deployment: Option<Arc<Deployment>>,
+    pub(crate) request_id: String,
+}
+
+impl RequestContext {
+    /// The environment a request sees: the function's own, then the context.
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        let Some(d) = &self.deployment else {
+            return Vec::new();
+        };
+        let mut env = Vec::with_capacity(d.config.env.len() + 4);
+        env.extend(d.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend([
+            ("WISP_FUNCTION_NAME".into(), d.function.to_string()),
+            ("WISP_FUNCTION_VERSION".into(), d.version.to_string()),
+            ("WISP_REQUEST_ID".into(), self.request_id.clone()),
+            (
+                "WISP_MEMORY_LIMIT_MIB".into(),
+                d.config.memory_mib.to_string(),
+            ),
+        ]);
+        env
+    }
+}
 
 /// State of one instance's store.
 pub struct Host {
-    /// What `wasi:cli/environment.get-environment` returns; replaced before
-    /// each request so a reused instance sees the current request id.
-    pub(crate) env: Vec<(String, String)>,
+    pub(crate) context: RequestContext,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
@@ -41,7 +72,22 @@ impl WasiHttpView for Host {
 /// `wasi:http/outgoing-handler` request is refused with `HTTP-request-denied`.
 pub struct DenyOutbound;
 
+/// wasmtime-wasi-http's default filter, shared: its default
+/// `forbidden_header_filter` allocates a new closure on every header check.
+static FORBIDDEN_HEADERS: std::sync::LazyLock<wasmtime_wasi_http::ForbiddenHeaderFilter> =
+    std::sync::LazyLock::new(|| {
+        Arc::new(|name| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name))
+    });
+
 impl WasiHttpHooks for DenyOutbound {
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        FORBIDDEN_HEADERS.clone()
+    }
+
     fn send_request(
         &mut self,
         _request: http::Request<wasmtime_wasi_http::WasiBody>,

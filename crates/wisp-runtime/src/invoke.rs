@@ -3,12 +3,15 @@
 //! and the record that reports how it went.
 
 use crate::capture::Capture;
-use crate::host::{DenyOutbound, Host, MemoryLimiter};
-use crate::pool::{LiveInstance, Queued, VersionKey, VersionState};
+use crate::host::{DenyOutbound, Host, MemoryLimiter, RequestContext};
+use crate::pool::{LiveInstance, Queued, Spare, VersionState};
 use crate::{Inner, Runtime};
 use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
@@ -103,6 +106,7 @@ impl Inner {
     async fn new_instance(
         &self,
         d: &Deployment,
+        component_used: Arc<std::sync::atomic::AtomicU64>,
         deadline: tokio::time::Instant,
     ) -> Result<LiveInstance, InvokeError> {
         let memory_mib = d.config.memory_mib;
@@ -124,6 +128,36 @@ impl Inner {
             .ok_or_else(|| InvokeError::Overloaded {
                 resource: "instance memory".into(),
             })?;
+        let Spare {
+            mut host,
+            stdout,
+            stderr,
+        } = self.pool.take_spare().unwrap_or_else(|| self.new_host());
+        host.limiter = MemoryLimiter {
+            limit_bytes: memory_mib as usize * MIB,
+            exceeded: false,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        // Every epoch tick a running guest yields to the executor, so a CPU
+        // loop cannot hold a worker thread and the timeout can stop it.
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(LiveInstance {
+            store,
+            proxy: None,
+            served: 0,
+            digest: d.code_digest.clone(),
+            component_used,
+            stdout,
+            stderr,
+            _slot: slot,
+            _memory: memory,
+        })
+    }
+
+    /// Host state for a new instance: captured stdout/stderr, no preopens,
+    /// no sockets, outbound HTTP denied.
+    fn new_host(&self) -> Spare {
         let stdout = Capture::new(self.config.log_limit);
         let stderr = Capture::new(self.config.log_limit);
         let mut wasi = WasiCtxBuilder::new();
@@ -133,28 +167,47 @@ impl Inner {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let host = Host {
-            env: Vec::new(),
+            context: RequestContext::default(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: DenyOutbound,
             limiter: MemoryLimiter {
-                limit_bytes: memory_mib as usize * MIB,
+                limit_bytes: 0,
                 exceeded: false,
             },
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limiter);
-        Ok(LiveInstance {
-            store,
-            proxy: None,
-            served: 0,
-            digest: d.code_digest.clone(),
+        Spare {
+            host,
             stdout,
             stderr,
-            _slot: slot,
-            _memory: memory,
-        })
+        }
+    }
+
+    /// Ends an instance that will not serve again: its store (and so its
+    /// pool slot) goes first, then its capacity permits; the host state is
+    /// reset and kept for the next instance. Nothing of the guest survives
+    /// in it: the resource table is replaced, the randomness re-seeded, and
+    /// the capture buffers were taken.
+    fn retire(&self, instance: LiveInstance) {
+        let LiveInstance {
+            store,
+            stdout,
+            stderr,
+            _slot,
+            _memory,
+            ..
+        } = instance;
+        let mut host = store.into_data();
+        drop((_slot, _memory));
+        host.table = ResourceTable::new();
+        host.context = RequestContext::default();
+        *host.wasi.random() = wasmtime_wasi::random::WasiRandomCtx::default();
+        self.pool.put_spare(Spare {
+            host,
+            stdout,
+            stderr,
+        });
     }
 
     async fn invoke(
@@ -173,47 +226,66 @@ impl Inner {
         };
         let config = &deployment.config;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let key: VersionKey = (deployment.function.clone(), deployment.version);
-        let state = self.pool.version(&key, config.max_concurrency);
+        let state = self.pool.version(
+            &deployment.function,
+            deployment.version,
+            config.max_concurrency,
+        );
         let wait = self.config.queue_timeout.min(timeout);
         let Some(function_permit) = self.admit(&state, wait).await else {
             let limit = config.max_concurrency;
             return Err(pending.fail(&self, InvokeError::Throttled { limit }));
         };
 
-        let loaded = match self.pool.load(&self, &deployment.code_digest).await {
-            Ok((loaded, init)) => {
-                pending.init_duration = init;
-                loaded
+        // An idle instance of this version needs nothing loaded: it keeps
+        // what it was made from. Otherwise the component is loaded (on
+        // first use) and a new instance made.
+        let deadline;
+        let (mut instance, loaded) = match state.take_idle(&deployment.code_digest) {
+            Some(i) => {
+                i.component_used.store(self.pool.now(), Ordering::Relaxed);
+                deadline = tokio::time::Instant::now() + timeout;
+                (i, None)
             }
-            Err(message) => return Err(pending.fail(&self, InvokeError::Unavailable { message })),
-        };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let reused = state.take_idle(&deployment.code_digest);
-        let mut instance = match reused {
-            Some(i) => i,
             None => {
+                let (loaded, component_used) =
+                    match self.pool.load(&self, &deployment.code_digest).await {
+                        Ok((loaded, used, init)) => {
+                            pending.init_duration = init;
+                            (loaded, used)
+                        }
+                        Err(message) => {
+                            return Err(pending.fail(&self, InvokeError::Unavailable { message }));
+                        }
+                    };
+                deadline = tokio::time::Instant::now() + timeout;
                 let capacity_deadline = tokio::time::Instant::now() + wait;
-                match self.new_instance(&deployment, capacity_deadline).await {
-                    Ok(i) => i,
+                match self
+                    .new_instance(&deployment, component_used, capacity_deadline)
+                    .await
+                {
+                    Ok(i) => (i, Some(loaded)),
                     Err(e) => return Err(pending.fail(&self, e)),
                 }
             }
         };
 
-        // Per-request state of the store.
-        let host = instance.store.data_mut();
-        host.env = context_env(&deployment, &pending.request_id);
-        host.limiter.exceeded = false;
-        // Every epoch tick a running guest yields to the executor, so a CPU
-        // loop cannot hold a worker thread and the timeout can stop it.
-        instance.store.set_epoch_deadline(1);
-        instance.store.epoch_deadline_async_yield_and_update(1);
+        // Per-request state of the store. The request id moves into the
+        // store for `get-environment` and comes back for the record.
         if let Ok(v) = http::HeaderValue::from_str(&pending.request_id) {
             request.headers_mut().insert(REQUEST_ID_HEADER, v);
         }
+        let host = instance.store.data_mut();
+        host.context = RequestContext {
+            deployment: Some(deployment.clone()),
+            request_id: std::mem::take(&mut pending.request_id),
+        };
+        host.limiter.exceeded = false;
+        // The first yield is one tick from now (then one per tick, as set
+        // up with the store).
+        instance.store.set_epoch_deadline(1);
 
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let status = Arc::new(AtomicU16::new(0));
         let set_status = status.clone();
         let prepared = (|| -> wasmtime::Result<_> {
@@ -239,23 +311,31 @@ impl Inner {
         let (req, out) = match prepared {
             Ok(x) => x,
             Err(e) => {
+                pending.request_id =
+                    std::mem::take(&mut instance.store.data_mut().context.request_id);
                 let message = format!("could not pass the request to the function: {e:#}");
                 return Err(pending.fail(&self, InvokeError::Unavailable { message }));
             }
         };
 
         let inner = self.clone();
-        let pre = loaded.pre.clone();
         let reuse_limit = config.max_requests_per_instance;
         let memory_mib = config.memory_mib;
         let timeout_ms = config.timeout_ms;
-        let task = tokio::spawn(async move {
+        // The whole invocation, to its record. It runs on this task until
+        // the response head is set; a guest still running then (streaming
+        // its body) goes on in a task of its own.
+        let run = async move {
             let result = {
                 let LiveInstance { store, proxy, .. } = &mut instance;
                 let instantiated = &mut pending.instantiate_duration;
                 let run = async {
                     if proxy.is_none() {
                         let started = Instant::now();
+                        let pre = &loaded
+                            .as_ref()
+                            .expect("a new instance has its component")
+                            .pre;
                         *proxy = Some(pre.instantiate_async(&mut *store).await?);
                         *instantiated = Some(started.elapsed());
                     }
@@ -285,6 +365,8 @@ impl Inner {
                 },
             };
             let (stdout, stderr) = (instance.stdout.take(), instance.stderr.take());
+            let context = std::mem::take(&mut instance.store.data_mut().context);
+            pending.request_id = context.request_id;
             instance.served += 1;
             // Only an instance that finished cleanly may serve again.
             if matches!(outcome, InvocationOutcome::Completed { .. })
@@ -292,29 +374,52 @@ impl Inner {
             {
                 state.put_idle(instance, inner.pool.now());
             } else {
-                drop(instance);
+                inner.retire(instance);
             }
             drop(function_permit);
-            pending.finish(&inner, outcome.clone(), stdout, stderr);
-            outcome
-        });
+            let failure = match &outcome {
+                InvocationOutcome::Failed(e) => Some(e.clone()),
+                InvocationOutcome::Completed { .. } => None,
+            };
+            pending.finish(&inner, outcome, stdout, stderr);
+            failure
+        };
+        let mut run = Detached(Some(Box::pin(run)));
 
-        match rx.await {
+        // Drive the guest here until it sets the response head or ends.
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(failure) = run.poll(cx) {
+                return Poll::Ready(Some(failure));
+            }
+            // The head is set (or the guest answered with an error code).
+            // A guest that dropped its response-outparam unset is awaited:
+            // how it ended says why there is no response.
+            if rx.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            }
+        })
+        .await;
+        match rx.try_recv() {
             Ok(Ok(response)) => {
+                // A guest still running streams the rest of its body from a
+                // task of its own.
+                run.detach();
                 Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
             }
-            Ok(Err(code)) => Err(InvokeError::NoResponse {
-                message: format!(
-                    "the function answered with an error instead of a response: {code:?}"
-                ),
-            }),
-            Err(_) => match task.await {
-                Ok(InvocationOutcome::Failed(e)) => Err(e),
-                Ok(InvocationOutcome::Completed { .. }) => Err(InvokeError::NoResponse {
+            Ok(Err(code)) => {
+                run.detach();
+                Err(InvokeError::NoResponse {
+                    message: format!(
+                        "the function answered with an error instead of a response: {code:?}"
+                    ),
+                })
+            }
+            Err(_) => match ended {
+                Some(Some(failure)) => Err(failure),
+                _ => Err(InvokeError::NoResponse {
                     message: "no response head was produced".into(),
-                }),
-                Err(e) => Err(InvokeError::Unavailable {
-                    message: format!("the invocation task failed: {e}"),
                 }),
             },
         }
@@ -336,24 +441,56 @@ impl Inner {
     }
 }
 
-/// The environment a request sees: the function's own, then the context.
-fn context_env(d: &Deployment, request_id: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = d
-        .config
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.extend([
-        ("WISP_FUNCTION_NAME".into(), d.function.to_string()),
-        ("WISP_FUNCTION_VERSION".into(), d.version.to_string()),
-        ("WISP_REQUEST_ID".into(), request_id.to_string()),
-        (
-            "WISP_MEMORY_LIMIT_MIB".into(),
-            d.config.memory_mib.to_string(),
-        ),
-    ]);
-    env
+type Run = Pin<Box<dyn Future<Output = Option<InvokeError>> + Send>>;
+
+/// An invocation being driven by the request's own task. When that task
+/// stops polling it before it ends (the guest streams its body, or the
+/// client went away), it goes on in a task of its own, so that every
+/// invocation runs to its end and is recorded.
+struct Detached(Option<Run>);
+
+impl Detached {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<InvokeError>> {
+        match &mut self.0 {
+            Some(run) => {
+                // A panic of the host side of an invocation fails that
+                // invocation, not the connection it was driven from (as it
+                // would in a task of its own).
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run.as_mut().poll(cx)
+                }));
+                let ready = polled.unwrap_or_else(|_| {
+                    Poll::Ready(Some(InvokeError::Unavailable {
+                        message: "the invocation task failed: it panicked".into(),
+                    }))
+                });
+                if ready.is_ready() {
+                    self.0 = None;
+                }
+                ready
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    /// Lets a still running invocation go on by itself.
+    fn detach(&mut self) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(run);
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(run)),
+                // No runtime left (shutdown): the invocation is dropped.
+                Err(_) => drop(run),
+            }
+        }
+    }
 }
 
 impl Invoker for Runtime {

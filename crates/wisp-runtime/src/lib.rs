@@ -147,13 +147,13 @@ fn engine_config(max_instances: u32, keep_resident: usize) -> Config {
 }
 
 /// `wasi:cli/environment` as Wisp serves it: from the store's per-request
-/// `env`, so reused instances see the current request's context.
+/// context, so reused instances see the current request's context.
 fn link_environment(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut env = linker.instance("wasi:cli/environment@0.2.12")?;
     env.func_wrap(
         "get-environment",
-        |store: wasmtime::StoreContextMut<'_, Host>, (): ()| Ok((store.data().env.clone(),)),
+        |store: wasmtime::StoreContextMut<'_, Host>, (): ()| Ok((store.data().context.env(),)),
     )?;
     linker.allow_shadowing(false);
     Ok(())

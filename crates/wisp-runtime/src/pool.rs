@@ -25,10 +25,22 @@ pub(crate) struct Loaded {
 
 struct Slot {
     cell: OnceCell<Result<Arc<Loaded>, String>>,
-    last_used: AtomicU64,
+    /// Shared with the instances of the component, which keep it in use.
+    last_used: Arc<AtomicU64>,
 }
 
 pub(crate) type VersionKey = (FunctionName, VersionId);
+
+/// Most retired host states kept for reuse.
+const MAX_SPARES: usize = 64;
+
+/// The host state of a retired instance, reset: its WASI context (with the
+/// capture streams wired in) is built once and serves many instances.
+pub(crate) struct Spare {
+    pub(crate) host: Host,
+    pub(crate) stdout: Capture,
+    pub(crate) stderr: Capture,
+}
 
 /// An instantiated component and the capacity it holds.
 pub(crate) struct LiveInstance {
@@ -37,6 +49,9 @@ pub(crate) struct LiveInstance {
     pub(crate) proxy: Option<Proxy>,
     pub(crate) served: u32,
     pub(crate) digest: Digest,
+    /// Last use of the component it was made from: reusing the instance
+    /// counts as using the component.
+    pub(crate) component_used: Arc<AtomicU64>,
     pub(crate) stdout: Capture,
     pub(crate) stderr: Capture,
     pub(crate) _slot: OwnedSemaphorePermit,
@@ -90,7 +105,11 @@ pub(crate) struct Pool {
     start: Instant,
     loaded: Mutex<HashMap<Digest, Arc<Slot>>>,
     pinned: Mutex<HashMap<VersionKey, Digest>>,
-    versions: Mutex<HashMap<VersionKey, Arc<VersionState>>>,
+    /// By function, then version, so that the request path looks a version
+    /// up without building (and allocating) an owned key.
+    versions: Mutex<HashMap<FunctionName, HashMap<VersionId, Arc<VersionState>>>>,
+    /// Host state of retired fresh instances, to build the next ones from.
+    spares: Mutex<Vec<Spare>>,
     pub(crate) instances: Arc<Semaphore>,
     pub(crate) memory_mib: Arc<Semaphore>,
     max_instances: u32,
@@ -109,6 +128,7 @@ impl Pool {
             loaded: Mutex::new(HashMap::new()),
             pinned: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            spares: Mutex::new(Vec::new()),
             instances: Arc::new(Semaphore::new(max_instances as usize)),
             memory_mib: Arc::new(Semaphore::new(max_memory_mib as usize)),
             max_instances,
@@ -116,6 +136,20 @@ impl Pool {
             idle_ms: config.idle_timeout.as_millis() as u64,
             max_loaded: config.max_loaded_components.max(1),
             max_loaded_bytes: config.max_loaded_bytes,
+        }
+    }
+
+    /// Host state left by a retired instance, if any.
+    pub(crate) fn take_spare(&self) -> Option<Spare> {
+        lock(&self.spares).pop()
+    }
+
+    /// Keeps the host state of a retired instance for the next one (up to
+    /// [`MAX_SPARES`]).
+    pub(crate) fn put_spare(&self, spare: Spare) {
+        let mut spares = lock(&self.spares);
+        if spares.len() < MAX_SPARES {
+            spares.push(spare);
         }
     }
 
@@ -138,12 +172,26 @@ impl Pool {
     /// Admission state of a version, created on first use. A changed
     /// `max_concurrency` (of `latest`) starts a fresh state; invocations
     /// already running finish under the old one.
-    pub(crate) fn version(&self, key: &VersionKey, limit: u32) -> Arc<VersionState> {
+    pub(crate) fn version(
+        &self,
+        function: &FunctionName,
+        version: VersionId,
+        limit: u32,
+    ) -> Arc<VersionState> {
         let now = self.now();
         let mut versions = lock(&self.versions);
-        let state = versions
-            .entry(key.clone())
-            .or_insert_with(|| new_state(limit));
+        // Looked up by reference first: the request path allocates nothing
+        // for a version it has seen before.
+        let state = match versions.get_mut(function) {
+            Some(of_function) => of_function
+                .entry(version)
+                .or_insert_with(|| new_state(limit)),
+            None => versions
+                .entry(function.clone())
+                .or_default()
+                .entry(version)
+                .or_insert_with(|| new_state(limit)),
+        };
         if state.limit != limit {
             *state = new_state(limit);
         }
@@ -152,23 +200,27 @@ impl Pool {
     }
 
     /// The loaded component for `digest`, loading it on first use (single
-    /// flight). Returns how long loading took when this call loaded it.
+    /// flight), with its last-use clock (for its instances to keep it
+    /// loaded). Returns how long loading took when this call loaded it.
     pub(crate) async fn load(
         &self,
         inner: &Arc<Inner>,
         digest: &Digest,
-    ) -> Result<(Arc<Loaded>, Option<Duration>), String> {
+    ) -> Result<(Arc<Loaded>, Arc<AtomicU64>, Option<Duration>), String> {
         let slot = {
             let mut loaded = lock(&self.loaded);
-            loaded
-                .entry(digest.clone())
-                .or_insert_with(|| {
-                    Arc::new(Slot {
-                        cell: OnceCell::new(),
-                        last_used: AtomicU64::new(0),
+            match loaded.get(digest) {
+                Some(slot) => slot.clone(),
+                None => loaded
+                    .entry(digest.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Slot {
+                            cell: OnceCell::new(),
+                            last_used: Arc::new(AtomicU64::new(0)),
+                        })
                     })
-                })
-                .clone()
+                    .clone(),
+            }
         };
         slot.last_used.store(self.now(), Ordering::Relaxed);
         let mut took = None;
@@ -192,7 +244,7 @@ impl Pool {
                 if took.is_some() {
                     self.enforce_caps();
                 }
-                Ok((loaded, took))
+                Ok((loaded, slot.last_used.clone(), took))
             }
             Err(e) => {
                 // Failures are not cached: the next request tries again.
@@ -226,7 +278,13 @@ impl Pool {
     pub(crate) fn release(&self, function: &FunctionName, version: Option<VersionId>) {
         let gone = |(f, v): &VersionKey| f == function && version.is_none_or(|only| *v == only);
         lock(&self.pinned).retain(|k, _| !gone(k));
-        lock(&self.versions).retain(|k, _| !gone(k));
+        let mut versions = lock(&self.versions);
+        if let Some(of_function) = versions.get_mut(function) {
+            of_function.retain(|v, _| version.is_some_and(|only| *v != only));
+            if of_function.is_empty() {
+                versions.remove(function);
+            }
+        }
     }
 
     /// Drops least recently used, unpinned components while over a cap.
@@ -270,13 +328,20 @@ impl Pool {
                 || !slot.cell.initialized()
                 || !idle(slot.last_used.load(Ordering::Relaxed))
         });
-        lock(&self.versions).retain(|_, state| {
-            lock(&state.idle).retain(|(_, since)| !idle(*since));
-            let busy = state.in_use() > 0
-                || state.queued.load(Ordering::Relaxed) > 0
-                || !lock(&state.idle).is_empty();
-            busy || !idle(state.last_used.load(Ordering::Relaxed))
+        lock(&self.versions).retain(|_, of_function| {
+            of_function.retain(|_, state| {
+                lock(&state.idle).retain(|(_, since)| !idle(*since));
+                let busy = state.in_use() > 0
+                    || state.queued.load(Ordering::Relaxed) > 0
+                    || !lock(&state.idle).is_empty();
+                busy || !idle(state.last_used.load(Ordering::Relaxed))
+            });
+            !of_function.is_empty()
         });
+        // Spare host state is cheap to rebuild; an idle server keeps none.
+        if lock(&self.versions).is_empty() {
+            lock(&self.spares).clear();
+        }
     }
 
     pub(crate) fn snapshot(&self) -> RuntimeSnapshot {
@@ -290,11 +355,13 @@ impl Pool {
         };
         let mut versions: Vec<VersionGauges> = lock(&self.versions)
             .iter()
-            .map(|((function, version), s)| VersionGauges {
-                function: function.clone(),
-                version: *version,
-                in_use: s.in_use(),
-                queued: s.queued.load(Ordering::Relaxed),
+            .flat_map(|(function, of_function)| {
+                of_function.iter().map(|(version, s)| VersionGauges {
+                    function: function.clone(),
+                    version: *version,
+                    in_use: s.in_use(),
+                    queued: s.queued.load(Ordering::Relaxed),
+                })
             })
             .collect();
         versions.sort_by(|a, b| (&a.function, a.version).cmp(&(&b.function, b.version)));
