@@ -380,7 +380,7 @@ fn posted_json(p: &Posted, seconds: f64) -> Value {
 }
 
 /// CPU microseconds of `pid` between two readings, per event.
-fn per_event(before: Option<f64>, after: Option<f64>, events: u64) -> Option<f64> {
+pub(crate) fn per_event(before: Option<f64>, after: Option<f64>, events: u64) -> Option<f64> {
     match (before, after) {
         (Some(a), Some(b)) if events > 0 => Some(round((b - a) / events as f64, 2)),
         _ => None,
@@ -388,7 +388,7 @@ fn per_event(before: Option<f64>, after: Option<f64>, events: u64) -> Option<f64
 }
 
 /// Cores the process `pid` kept busy between two readings `seconds` apart.
-fn cores_busy(before: Option<f64>, after: Option<f64>, seconds: f64) -> Option<f64> {
+pub(crate) fn cores_busy(before: Option<f64>, after: Option<f64>, seconds: f64) -> Option<f64> {
     match (before, after) {
         (Some(a), Some(b)) if seconds > 0.0 => Some(round((b - a) / 1e6 / seconds, 2)),
         _ => None,
@@ -488,7 +488,7 @@ async fn end_to_end(ctx: &Ctx, cache: &TempDir, batch: bool) -> Result<Value, St
 }
 
 /// Parses an RFC 3339 timestamp of the API.
-fn ts(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+pub(crate) fn ts(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()
 }
 
@@ -582,7 +582,7 @@ async fn latency(ctx: &Ctx, cache: &TempDir, rate: f64) -> Result<Value, String>
 /// Runs `f` `n` times and answers the trial with the median `key` (the
 /// runs are short and the machine is shared), with every trial's `key`
 /// under `trials`.
-async fn median_of<F, Fut>(n: usize, key: &str, mut f: F) -> Value
+pub(crate) async fn median_of<F, Fut>(n: usize, key: &str, mut f: F) -> Value
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Value, String>>,

@@ -10,7 +10,7 @@
 //!
 //! The analysis under a missed target is written by hand in
 //! `bench/analysis/<section>.md` (`throughput`, `cold`, `burst`,
-//! `density`, `async`) and included in the report, so regenerating it loses nothing.
+//! `density`, `async`, `triggers`) and included in the report, so regenerating it loses nothing.
 //!
 //! It builds the release `wisp` binary, the examples and the hyper
 //! baseline, installs its load generator (`oha`, else `wrk`) and `wasmtime
@@ -21,7 +21,9 @@
 //! test suite.
 //!
 //! Sections: `throughput` ([`baselines`]), `cold` ([`cold`]), `density`
-//! ([`density`]), `burst` ([`burst`]), `async` ([`asynchronous`]).
+//! ([`density`]), `burst` ([`burst`]), `async` ([`asynchronous`]), `triggers`
+//! ([`triggers`]; it needs NATS, RabbitMQ, Mosquitto and Redis on
+//! 127.0.0.1, and reports a broker it cannot reach as not measured).
 
 mod asynchronous;
 mod baselines;
@@ -31,6 +33,7 @@ mod density;
 mod load;
 mod report;
 mod tools;
+mod triggers;
 mod util;
 
 use serde_json::{Value, json};
@@ -41,12 +44,19 @@ use util::progress;
 use wisp_testkit::{Server, example, example_bytes, repo_root};
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 5] = ["throughput", "cold", "burst", "density", "async"];
+const SECTIONS: [&str; 6] = [
+    "throughput",
+    "cold",
+    "burst",
+    "density",
+    "async",
+    "triggers",
+];
 
 const USAGE: &str =
     "usage: cargo run --release -p wisp-bench -- [--quick] [--wisp-bin PATH] [SECTION...]
 
-Sections (default: all): throughput, cold, burst, density, async.
+Sections (default: all): throughput, cold, burst, density, async, triggers.
 Results of sections not run are kept from bench/results/latest.json.
   --quick          smaller counts and 3 s load points, for development
   --wisp-bin PATH  use this `wisp` binary instead of building the release one
@@ -339,6 +349,7 @@ fn main() {
                 "burst" => burst::run(&ctx).await,
                 "density" => density::run(&ctx).await,
                 "async" => asynchronous::run(&ctx).await,
+                "triggers" => triggers::run(&ctx).await,
                 _ => unreachable!(),
             }
         });

@@ -415,6 +415,19 @@ fn analysis(section: &str) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
+/// Appends the hand-written analysis of `section`; whether there was one.
+fn push_analysis(md: &mut String, section: &str) -> bool {
+    let Some(text) = analysis(section) else {
+        return false;
+    };
+    let _ = writeln!(
+        md,
+        "**Analysis** (written by hand in `bench/analysis/{section}.md`; it may describe an earlier run than the figures above):\n\n{}\n",
+        text.trim()
+    );
+    true
+}
+
 fn targets_table(md: &mut String, checks: &[Check], section: &str) {
     let mine: Vec<&Check> = checks.iter().filter(|c| c.section == section).collect();
     if mine.is_empty() {
@@ -448,22 +461,12 @@ fn targets_table(md: &mut String, checks: &[Check], section: &str) {
         }
         md.push('\n');
     }
-    match analysis(section) {
-        Some(text) => {
-            let _ = writeln!(
-                md,
-                "**Analysis** (written by hand in `bench/analysis/{section}.md`; it may describe an earlier run than the figures above):\n\n{}\n",
-                text.trim()
-            );
-        }
-        None if !missed.is_empty() => {
-            let _ = writeln!(
-                md,
-                "> **Analysis (placeholder, to be written in `bench/analysis/{section}.md`):** \
-                 profile (`perf` or callgrind) of where the time or memory goes: _to do_. Next step: _to do_.\n"
-            );
-        }
-        None => {}
+    if !push_analysis(md, section) && !missed.is_empty() {
+        let _ = writeln!(
+            md,
+            "> **Analysis (placeholder, to be written in `bench/analysis/{section}.md`):** \
+             profile (`perf` or callgrind) of where the time or memory goes: _to do_. Next step: _to do_.\n"
+        );
     }
     for c in mine.iter().filter(|c| c.met.is_none()) {
         let _ = writeln!(md, "Not measured: {}: {}.\n", c.what, c.note);
@@ -953,6 +956,195 @@ fn asynchronous(md: &mut String, r: &Value, checks: &[Check]) {
     targets_table(md, checks, "async");
 }
 
+/// A reading that cannot be negative, clamped at 0 (`/proc` readings taken
+/// a moment apart can differ by a tick).
+fn nonnegative(v: &Value) -> Value {
+    f(v).map_or(Value::Null, |x| x.max(0.0).into())
+}
+
+/// `p50 / p99` of a latency summary, in milliseconds.
+fn p50_p99(v: &Value) -> String {
+    if v["n"].as_u64().unwrap_or(0) == 0 {
+        return "–".into();
+    }
+    format!("{} / {}", num(&v["p50_ms"], 1), num(&v["p99_ms"], 1))
+}
+
+fn triggers(md: &mut String, r: &Value) {
+    let t = &r["triggers"];
+    md.push_str("## Triggers\n\n");
+    let _ = writeln!(
+        md,
+        "Messages published to a broker on 127.0.0.1 by one in-process publisher, and delivered by a trigger \
+         (`POST /v1/triggers`) of a release server to `hello` (the no-op) through the durable queue. Each run starts \
+         a fresh server (an empty data directory) and uses its own JetStream stream, RabbitMQ queue, MQTT topic and \
+         client id, or Redis stream, removed afterwards; each source runs with its defaults. Every message is a binary-mode \
+         CloudEvent (`ce-*` headers, user properties or fields) whose `time` is its publish time. `hello` is deployed \
+         effectively once (`async_policy.semantics`), so that a message the broker delivers twice is queued once and \
+         the invocations count distinct messages; the JetStream and Redis sources give every event an idempotency key \
+         anyway, and this gives the RabbitMQ and MQTT events one too (their CloudEvent `source` and `id`), so every \
+         broker's events cost the queue the same. The publisher, the server and the broker share the machine's {} cores.\n",
+        r["cores"]
+    );
+    let _ = writeln!(
+        md,
+        "**Throughput.** {} messages published as fast as the publisher goes, pipelined, with at most {} \
+         unconfirmed (each confirmed by the broker: JetStream publish acks, AMQP publisher confirms, MQTT PUBACKs, \
+         replies to pipelined `XADD`s). Mosquitto drops QoS 1 messages beyond 1,000 queued for one subscriber \
+         (`max_queued_messages`, its default), so the MQTT publisher stays at most {} messages ahead of the \
+         invocations that have run. The clock runs from the first publish until every invocation is final: the harness \
+         polls the trigger's `delivered` counter (`GET /v1/triggers/{{name}}`) and `faas_invocations_total` every \
+         20 ms, then lists `queued`, `running` and `retrying` invocations until none is left. \"all queued\" is when \
+         the trigger had queued the last message (on disk; only then is it acknowledged to the broker). {} trials, \
+         each on a fresh server; the table shows the median trial and the range. CPU is user + system time from \
+         `/proc` of the server, the broker's processes and the harness, per message over the whole run; \"cores busy\" \
+         is the same over the wall time, and \"other work\" is the machine's busy time (`/proc/stat`) less those \
+         three: the other jobs on the shared machine, which take CPU the server would otherwise get.\n",
+        int(&t["messages"]),
+        int(&t["publish_window"]),
+        t["mqtt_lead"],
+        t["trials"]
+    );
+    md.push_str(
+        "| broker | published/s | all queued s | all final s | completed messages/s | trials (range) | failed or dead | server CPU µs/msg | broker CPU µs/msg | harness CPU µs/msg | cores busy: server, broker, harness, other work |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let brokers = ["nats", "rabbitmq", "mqtt", "redis"];
+    let mut notes = Vec::new();
+    for key in brokers {
+        let b = &t["brokers"][key];
+        let label = b["label"].as_str().unwrap_or(key);
+        let v = &b["throughput"];
+        if let Some(e) = b["error"].as_str().or(v["error"].as_str()) {
+            let _ = writeln!(md, "| {label} | not measured: {e} | | | | | | | | | |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} | {}, {}, {}, {} |",
+            int(&v["published_per_second"]),
+            num(&v["seconds_to_all_queued"], 2),
+            num(&v["seconds_to_all_final"], 2),
+            int(&v["completed_per_second"]),
+            trials(v, "completed_per_second"),
+            v["any_failed_or_dead"],
+            num(&v["server_cpu_us_per_message"], 1),
+            num(&v["broker_cpu_us_per_message"], 1),
+            num(&v["harness_cpu_us_per_message"], 1),
+            num(&v["server_cores_busy"], 2),
+            num(&v["broker_cores_busy"], 2),
+            num(&v["harness_cores_busy"], 2),
+            num(&nonnegative(&v["other_processes_cores_busy"]), 2),
+        );
+        if let Some(e) = v["trigger_last_error"].as_str() {
+            notes.push(format!(
+                "{label}, throughput run: {} events refused by Wisp and left to the broker to deliver again; \
+                 the trigger's last error: {e}.",
+                v["trigger_failed"]
+            ));
+        }
+        let extra = v["trigger_delivered"]
+            .as_u64()
+            .zip(v["messages"].as_u64())
+            .map_or(0, |(d, m)| d.saturating_sub(m));
+        if extra > 0 {
+            notes.push(format!(
+                "{label}, throughput run: the broker delivered {extra} messages twice (queued once)."
+            ));
+        }
+        if v["function_errors"].as_u64().unwrap_or(0) > 0 {
+            notes.push(format!(
+                "{label}: {} function errors.",
+                v["function_errors"]
+            ));
+        }
+        if let Some(errors) = v["trials"]["errors"].as_array().filter(|e| !e.is_empty()) {
+            notes.push(format!(
+                "{label}: failed trials: {}.",
+                Value::from(errors.clone())
+            ));
+        }
+    }
+    md.push('\n');
+    if !notes.is_empty() {
+        for n in notes.drain(..) {
+            let _ = writeln!(md, "- {n}");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(
+        md,
+        "**Latency at half of peak.** Messages published at a steady half of the broker's median throughput for \
+         {} s to a fresh server. Each invocation is joined to the publish record \
+         of its message through its idempotency key: the JetStream source keys an event by its stream sequence \
+         (from the publish ack) and the Redis source by its entry id (the `XADD` reply); the RabbitMQ and MQTT \
+         sources set no key, so the effectively-once function's key (the CloudEvent's `source` and `id`) carries \
+         the message's id. The harness reads the newest 1,000 invocations (`GET /v1/functions/hello/invocations`, \
+         any status) every {} ms during the run and once at the end, and re-reads by id those not yet final, so the \
+         sample covers the run without regard to how long an invocation took (all of it when fewer than about \
+         3,000 messages/s are published). Publish times are the harness's clock, the others the server's; both are the \
+         same machine's wall clock. Figures are p50 / p99 in milliseconds.\n",
+        t["latency_seconds"], t["latency_listing_every_ms"]
+    );
+    md.push_str(
+        "| broker | rate messages/s (achieved) | sampled of published | publish → queued | publish → start | queued → start | publish → finish | cores busy: server, other work |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for key in brokers {
+        let b = &t["brokers"][key];
+        let label = b["label"].as_str().unwrap_or(key);
+        let l = &b["latency_at_half_peak"];
+        if let Some(e) = b["error"].as_str().or(l["error"].as_str()) {
+            let _ = writeln!(md, "| {label} | not measured: {e} | | | | | | |");
+            continue;
+        }
+        if let Some(e) = l["trigger_last_error"].as_str() {
+            notes.push(format!(
+                "{label}, latency run: the trigger's last error: {e}."
+            ));
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} ({}) | {} of {} | {} | **{}** | {} | {} | {}, {} |",
+            int(&l["target_rate"]),
+            int(&l["achieved_rate"]),
+            int(&l["sampled"]),
+            int(&l["published"]),
+            p50_p99(&l["publish_to_queued"]),
+            p50_p99(&l["publish_to_start"]),
+            p50_p99(&l["queued_to_start"]),
+            p50_p99(&l["publish_to_finish"]),
+            num(&l["server_cores_busy"], 2),
+            num(&nonnegative(&l["other_processes_cores_busy"]), 2),
+        );
+    }
+    md.push('\n');
+    for n in &notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+    }
+    md.push_str("Publishers and brokers:\n\n");
+    for key in brokers {
+        let b = &t["brokers"][key];
+        if b.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "- {} {} at {}: {}; trigger source `{}`.",
+            b["label"].as_str().unwrap_or(key),
+            b["version"].as_str().unwrap_or("(version unknown)"),
+            b["address"].as_str().unwrap_or("?"),
+            b["publisher"].as_str().unwrap_or("?"),
+            b["source"]
+        );
+    }
+    md.push('\n');
+    push_analysis(md, "triggers");
+}
+
 /// Which run measured each section: sections measured by the same run are
 /// listed together (`runs` in the JSON; a file without it is one run).
 fn runs_line(r: &Value) -> String {
@@ -1017,7 +1209,8 @@ pub fn markdown(r: &Value) -> String {
          ```\n\n\
          The harness builds the release `wisp`, installs `oha` (or falls back to `wrk`) and `wasmtime-cli` \
          pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench` (once: 15 to 25 minutes of \
-         compiling on two cores), and only ever sends traffic to 127.0.0.1. Every figure in a section comes from one run \
+         compiling on two cores), and only ever sends traffic to 127.0.0.1 (the triggers section expects NATS with JetStream, \
+         RabbitMQ, Mosquitto and Redis there, on their default ports). Every figure in a section comes from one run \
          on the same machine as its baselines, so the ratios between servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
          with other work, so expect noise of ±10 % or more.\n\n",
     );
@@ -1067,6 +1260,9 @@ pub fn markdown(r: &Value) -> String {
     if ran("async") {
         asynchronous(&mut md, r, &checks);
     }
+    if ran("triggers") {
+        triggers(&mut md, r);
+    }
     md
 }
 
@@ -1086,9 +1282,10 @@ mod tests {
     #[test]
     fn renders_an_empty_run() {
         let md = markdown(
-            &json!({"sections": ["throughput", "cold", "burst", "density", "async"], "async": {}}),
+            &json!({"sections": ["throughput", "cold", "burst", "density", "async", "triggers"], "async": {}, "triggers": {}}),
         );
         assert!(md.starts_with("# Benchmarks"));
         assert!(md.contains("## Asynchronous invocation"));
+        assert!(md.contains("## Triggers"));
     }
 }

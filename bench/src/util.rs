@@ -89,6 +89,31 @@ pub fn cpu_micros(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks() * 1e6)
 }
 
+/// Busy CPU time of the whole machine (user, nice, system, irq, softirq
+/// and steal over every core), in microseconds, from `/proc/stat`.
+pub fn machine_cpu_micros() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    Some(busy / clock_ticks() * 1e6)
+}
+
+/// The one-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A `kB` field (such as `VmRSS` or `VmHWM`) of `/proc/<pid>/status`, in MiB.
 pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
