@@ -7,17 +7,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, read_body};
 use crate::{AppState, function_name};
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
-use serde::Deserialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use wisp_core::{ErrorBody, ErrorCode, FunctionName, InvokeError, Qualifier, ValidationError};
 use wisp_queue::{
-    Completion, Enqueued, Invocation, Leased, NewInvocation, Status, StoredRequest, StoredResponse,
+    Completion, Enqueued, Invocation, LeaseToken, Leased, NewInvocation, Status, StoredRequest,
+    StoredResponse,
 };
 
 /// Request header naming the partition key (ordered delivery per key).
@@ -79,23 +80,23 @@ pub async fn invoke_async(
     State(app): State<AppState>,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<AsyncQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    request: Request,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let name = function_name(&name)?;
     let qualifier = q.qualifier.unwrap_or_else(|| "latest".into());
     let path = q.path.unwrap_or_else(|| "/".into());
     if !path.starts_with('/') {
         return Err(ValidationError::new("path", "must start with `/`").into());
     }
+    let (parts, body) = request.into_parts();
     let body = read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
     let request = StoredRequest {
         method: "POST".into(),
         path_and_query: path,
-        headers: forwarded_headers(&headers),
-        body: body.to_vec(),
+        headers: forwarded_headers(&parts.headers),
+        body: body.into(),
     };
-    let accepted = enqueue_request(&app, name, qualifier, request, &headers).await?;
+    let accepted = enqueue_request(&app, name, qualifier, request, &parts.headers).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -108,7 +109,7 @@ pub(crate) async fn enqueue_request(
     qualifier: String,
     request: StoredRequest,
     headers: &HeaderMap,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Accepted> {
     let parsed: Qualifier = qualifier
         .parse()
         .map_err(|e| ValidationError::new("qualifier", format!("{e}")))?;
@@ -125,7 +126,13 @@ pub(crate) async fn enqueue_request(
     invocation.partition_key = header(PARTITION_KEY_HEADER);
     invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
     let mut accepted = enqueue(app, vec![invocation]).await?;
-    Ok(accepted.pop().unwrap_or_default())
+    accepted.pop().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "the queue answered nothing for the invocation",
+        )
+    })
 }
 
 /// The queue's form of a function's asynchronous policy.
@@ -166,12 +173,36 @@ pub(crate) fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One queued invocation, as a 202 answers it:
+/// `{"id": ..., "status_url": "/v1/invocations/{id}", "duplicate": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The invocation id (the original one for a duplicate).
+    pub id: String,
+    /// Whether an invocation with the same idempotency key was accepted before.
+    pub duplicate: bool,
+}
+
+impl Accepted {
+    /// Writes the three fields into a JSON object being serialized.
+    pub(crate) fn write_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("status_url", &format_args!("/v1/invocations/{}", self.id))?;
+        map.serialize_entry("duplicate", &self.duplicate)
+    }
+}
+
+impl Serialize for Accepted {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(3))?;
+        self.write_fields(&mut map)?;
+        map.end()
+    }
+}
+
 /// Enqueues a batch and describes each result as the 202 body does; a
 /// full queue refuses the whole request with 429.
-pub(crate) async fn enqueue(
-    app: &AppState,
-    batch: Vec<NewInvocation>,
-) -> ApiResult<Vec<serde_json::Value>> {
+pub(crate) async fn enqueue(app: &AppState, batch: Vec<NewInvocation>) -> ApiResult<Vec<Accepted>> {
     let results = app.queue.enqueue(batch).await.map_err(queue_error)?;
     let mut out = Vec::with_capacity(results.len());
     for result in results {
@@ -188,11 +219,7 @@ pub(crate) async fn enqueue(
                 return Err(err);
             }
         };
-        out.push(serde_json::json!({
-            "id": id,
-            "status_url": format!("/v1/invocations/{id}"),
-            "duplicate": duplicate,
-        }));
+        out.push(Accepted { id, duplicate });
     }
     app.dispatcher_wake.notify_one();
     Ok(out)
@@ -279,6 +306,12 @@ pub async fn list_invocations(
 }
 
 /// Runs queued invocations in the background.
+///
+/// The dispatch loop leases runnable invocations in batches, ahead of free
+/// execution slots, and each runs on a task of its own. Finished attempts
+/// go to a recorder task that records everything finished meanwhile with
+/// one [`complete_many`](wisp_queue::InvocationQueue::complete_many) call:
+/// under load one queue write carries many leases and many completions.
 pub struct Dispatcher;
 
 /// Lease visibility: longer than any function timeout, so a running
@@ -286,25 +319,58 @@ pub struct Dispatcher;
 const VISIBILITY: Duration = Duration::from_secs(16 * 60);
 /// Asynchronous invocations running at once.
 const CONCURRENCY: usize = 64;
+/// Invocations held at once: running, leased and waiting for a slot, or
+/// finished and waiting for their outcome to be recorded. Bounds the
+/// requests kept in memory.
+const IN_FLIGHT: usize = 2 * CONCURRENCY;
+/// While invocations are in flight, the dispatcher waits for room for this
+/// many before it leases again, so that leases come in batches.
+const MIN_LEASE: usize = 16;
+/// Most outcomes recorded with one queue write.
+const COMPLETION_BATCH: usize = 256;
 /// Response bytes read from a function for the stored result.
 const RESULT_READ_LIMIT: usize = wisp_queue::limits::MAX_RESULT_BYTES + 1;
 
+/// An outcome waiting to be recorded, and who waits for its status.
+type Outcome = (
+    LeaseToken,
+    Completion,
+    oneshot::Sender<Result<Status, wisp_queue::QueueError>>,
+);
+
 impl Dispatcher {
-    /// Starts the dispatch loop on the current tokio runtime.
+    /// Starts the dispatch loop and the recorder on the current tokio runtime.
     pub fn start(app: AppState) {
+        let (record, outcomes) = mpsc::unbounded_channel();
+        tokio::spawn(record_outcomes(app.clone(), outcomes));
         tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(CONCURRENCY));
+            let running = Arc::new(Semaphore::new(CONCURRENCY));
+            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
             loop {
-                let free = slots.available_permits().max(1);
-                let leased = match app.queue.lease(free, VISIBILITY).await {
+                // Room for a batch (everything, when nothing is in flight),
+                // plus whatever else is free.
+                let Ok(mut room) = in_flight.clone().acquire_many_owned(MIN_LEASE as u32).await
+                else {
+                    return;
+                };
+                let more = in_flight.available_permits() as u32;
+                if more > 0
+                    && let Ok(extra) = in_flight.clone().try_acquire_many_owned(more)
+                {
+                    room.merge(extra);
+                }
+                let max = room.num_permits().min(wisp_queue::limits::MAX_LEASE_BATCH);
+                let leased = match app.queue.lease(max, VISIBILITY).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not lease invocations");
+                        drop(room);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
                 if leased.is_empty() {
+                    drop(room);
                     // Woken by a new enqueue, or poll for retries coming due.
                     let _ = tokio::time::timeout(
                         Duration::from_millis(250),
@@ -314,23 +380,62 @@ impl Dispatcher {
                     continue;
                 }
                 for item in leased {
-                    let Ok(permit) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let app = app.clone();
+                    let Some(held) = room.split(1) else { break };
+                    let (app, running, record) = (app.clone(), running.clone(), record.clone());
                     tokio::spawn(async move {
-                        run_one(&app, item).await;
-                        drop(permit);
+                        run_one(&app, item, &running, &record).await;
+                        drop(held);
                     });
                 }
+                // Whatever room the lease did not fill is given back here.
+                drop(room);
             }
         });
     }
 }
 
-async fn run_one(app: &AppState, item: Leased) {
+/// Records outcomes as they come, everything that arrived meanwhile with
+/// one queue write, and answers each with its new status.
+async fn record_outcomes(app: AppState, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
+    let mut buf = Vec::with_capacity(COMPLETION_BATCH);
+    while outcomes.recv_many(&mut buf, COMPLETION_BATCH).await > 0 {
+        let mut batch = Vec::with_capacity(buf.len());
+        let mut waiting = Vec::with_capacity(buf.len());
+        for (lease, completion, reply) in buf.drain(..) {
+            batch.push((lease, completion));
+            waiting.push(reply);
+        }
+        match app.queue.complete_many(batch).await {
+            Ok(statuses) => {
+                for (reply, status) in waiting.into_iter().zip(statuses) {
+                    let _ = reply.send(status);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for reply in waiting {
+                    let _ = reply.send(Err(wisp_queue::QueueError::Database(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one leased invocation when a slot is free, has its outcome
+/// recorded, then delivers it to its destination.
+async fn run_one(
+    app: &AppState,
+    item: Leased,
+    running: &Arc<Semaphore>,
+    record: &mpsc::UnboundedSender<Outcome>,
+) {
+    let Ok(slot) = running.acquire().await else {
+        return;
+    };
+    let result = execute(app, &item).await;
+    drop(slot);
     let lease = item.lease.clone();
-    let completion = match execute(app, &item).await {
+    let completion = match result {
         Ok(c) => c,
         Err(Released(delay)) => {
             if let Err(e) = app.queue.release(&lease, delay).await {
@@ -343,10 +448,15 @@ async fn run_one(app: &AppState, item: Leased) {
         Completion::Succeeded { response } => Ok(response.clone()),
         Completion::Failed { error, .. } => Err(error.clone()),
     };
-    match app.queue.complete(&lease, completion).await {
+    let (reply, status) = oneshot::channel();
+    let recorded = match record.send((lease, completion, reply)) {
+        Ok(()) => status.await.unwrap_or(Err(wisp_queue::QueueError::Closed)),
+        Err(_) => Err(wisp_queue::QueueError::Closed),
+    };
+    match recorded {
         Ok(status) => destinations::deliver(app, &item, status, outcome).await,
         Err(e) => {
-            tracing::warn!(id = %lease.id, error = %e, "could not record an invocation's outcome")
+            tracing::warn!(id = %item.lease.id, error = %e, "could not record an invocation's outcome")
         }
     }
 }

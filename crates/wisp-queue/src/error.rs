@@ -75,6 +75,25 @@ pub enum QueueError {
     Closed,
 }
 
+impl QueueError {
+    /// Whether the call that failed with this error is known to have
+    /// written nothing: the input was refused, or what it needed (a lease,
+    /// a dead letter, room in the queue) was not there. Storage errors are
+    /// not: they may strike halfway through a write.
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Invalid(_)
+                | QueueError::BatchTooLarge { .. }
+                | QueueError::BodyTooLarge { .. }
+                | QueueError::Full { .. }
+                | QueueError::NotFound { .. }
+                | QueueError::LeaseLost { .. }
+                | QueueError::AlreadyStarted { .. }
+        )
+    }
+}
+
 impl From<rusqlite::Error> for QueueError {
     fn from(e: rusqlite::Error) -> Self {
         QueueError::Database(e.to_string())

@@ -109,6 +109,25 @@ pub trait InvocationQueue: Send + Sync {
     async fn complete(&self, lease: &LeaseToken, outcome: Completion)
     -> Result<Status, QueueError>;
 
+    /// Records how each of up to [`limits::MAX_LEASE_BATCH`] leased
+    /// attempts ended, as [`complete`](Self::complete) does for one, and
+    /// answers each entry in order. An executor that finishes many
+    /// invocations at once should prefer it: one write carries them all.
+    /// An entry whose lease is no longer held fails alone, with
+    /// [`QueueError::LeaseLost`], and changes nothing; the others are
+    /// recorded. An `Err` of the whole call recorded none of them. The
+    /// default calls `complete` for each entry.
+    async fn complete_many(
+        &self,
+        batch: Vec<(LeaseToken, Completion)>,
+    ) -> Result<Vec<Result<Status, QueueError>>, QueueError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (lease, outcome) in batch {
+            out.push(self.complete(&lease, outcome).await);
+        }
+        Ok(out)
+    }
+
     /// Hands a leased invocation back without counting the attempt (the
     /// executor could not run it, for example at its concurrency limit or
     /// shutting down); it becomes runnable after `delay` (at most 6 h). A

@@ -25,8 +25,10 @@ pub struct StoredRequest {
 }
 
 impl StoredRequest {
-    /// Checks the sizes a caller controls; `field` prefixes the error's field.
-    fn check(&self, field: &str, index: usize) -> Result<(), QueueError> {
+    /// Checks the sizes a caller controls; the error's field is that of
+    /// invocation `index` of a batch.
+    fn check(&self, index: usize) -> Result<(), QueueError> {
+        let field = format_args!("batch[{index}].request");
         let m = self.method.as_bytes();
         let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
         if m.is_empty() || m.len() > MAX_METHOD_BYTES || !m.iter().all(token) {
@@ -152,12 +154,13 @@ impl NewInvocation {
 
     /// Checks every caller-controlled field; `index` is the position in the batch.
     fn check(&self, index: usize) -> Result<(), QueueError> {
-        let field = format!("batch[{index}]");
+        // Formatted only for an error: this runs for every event.
+        let field = format_args!("batch[{index}]");
         check_qualifier(&self.qualifier).map_err(|mut e| {
             e.field = format!("{field}.{}", e.field);
             e
         })?;
-        self.request.check(&format!("{field}.request"), index)?;
+        self.request.check(index)?;
         if let Some(k) = &self.partition_key
             && (k.is_empty() || k.len() > MAX_PARTITION_KEY_BYTES)
         {

@@ -4,13 +4,14 @@
 //! Writes go to one writer thread that owns the write connection and
 //! commits whatever writes are waiting as one transaction (group commit,
 //! see the `writer` module): one `fsync` per group instead of one per
-//! call. Each call's writes run in a savepoint of their own, so a failing
-//! call is rolled back alone and nothing is ever half-written. Reads use a
+//! call. A failing call is rolled back alone and nothing is ever
+//! half-written (checks come before writes; a call that fails halfway
+//! rolls the group back and the others run again without it). Reads use a
 //! second connection behind a mutex, on tokio's blocking pool; WAL lets
 //! them run while the writer commits. The queue assumes it is the only
 //! process writing to its file.
 //!
-//! # Schema (version 2, tracked in `PRAGMA user_version`)
+//! # Schema (version 3, tracked in `PRAGMA user_version`)
 //!
 //! - `invocations`: one row per invocation. `seq` (the rowid) is enqueue
 //!   order; `id` is the public, time-ordered id. `status` is the public
@@ -20,19 +21,29 @@
 //!   `attempts` are JSON. `ready_ns` is when a queued or retrying
 //!   invocation may run, `expires_ns` when it is too old to run
 //!   (`max_event_age`), `lease_*` who holds a running one and until when.
-//!   `dlq` (version 2, a virtual column) is the named dead-letter queue
-//!   from the policy (`default` when it names none).
-//!   Partial indexes serve leasing (`ready_ns` of runnable rows), lease
-//!   expiry, partition heads, the dead-letter queue (all, per function and
-//!   per named queue) and pruning.
+//!   `attempts` holds the attempts that ended: a running invocation's
+//!   current attempt started at `started_ns`, else when it was leased
+//!   (`updated_ns`), so a lease writes only the status and lease columns.
+//!   `dlq` is the named dead-letter queue from the policy (`default` when
+//!   it names none), written when the invocation becomes a dead letter
+//!   and `NULL` otherwise (version 2 had it as a virtual column).
+//!   An index by function, status and id serves listings (a listing of
+//!   every status merges the newest of each); it leaves out running
+//!   invocations, which are few and listed through the index of leases,
+//!   so that a lease and a completion move one index entry, not two. Partial indexes serve
+//!   leasing (`ready_ns` of runnable rows), lease expiry, partition heads,
+//!   the dead-letter queue (all, per function and per named queue) and
+//!   pruning.
 //! - `requests` and `results`: the request and the (capped) response of
 //!   each invocation, apart so that scans do not read bodies.
 //! - `idempotency_keys`: `(function, key)` to the id accepted with it,
 //!   until the policy's window ends.
-//! - `status_counts`: invocations per function and status, kept by
-//!   triggers; it answers depth checks and metrics without scans.
-//! - A trigger lifts `blocked` from the next invocation of a partition
-//!   when the one before it finishes.
+//! - `status_counts`: invocations per function and status, kept by the
+//!   writer (one update per function and status per group, see the
+//!   `counts` module); it answers depth checks and metrics without scans.
+//! - The writer lifts `blocked` from the next invocation of a partition
+//!   when the one before it finishes. (Version 3 replaced the triggers
+//!   that did both.)
 //!
 //! Timestamps are integer nanoseconds since the Unix epoch.
 //!
@@ -45,6 +56,7 @@
 //! Idempotency keys are pruned when their window ends. The writer prunes
 //! in bounded passes about once a second while writes come in.
 
+mod counts;
 mod ops;
 mod rows;
 mod schema;
@@ -58,6 +70,7 @@ use crate::model::*;
 use crate::{IdGenerator, InvocationQueue};
 use async_trait::async_trait;
 use rows::InvocationRow;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, params};
 use std::fmt;
 use std::path::Path;
@@ -144,6 +157,11 @@ fn configure(conn: &Connection) -> Result<(), QueueError> {
          PRAGMA journal_size_limit = 67108864;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Plans that do not depend on bound values: otherwise SQLite (built
+    // with STAT4) prepares a statement again whenever a value bound to a
+    // range on an indexed column changes, which the lease query did on
+    // every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
 }
 
@@ -192,6 +210,7 @@ impl SqliteQueue {
                     retention,
                     rng: rand::rng(),
                     stats: writer_stats,
+                    counts: Default::default(),
                 };
                 writer::run(conn, ctx, rx);
             })?;
@@ -224,13 +243,15 @@ impl SqliteQueue {
     }
 
     /// Sends `f` to the writer thread and waits until its group committed.
+    /// `f` may run more than once (see the `writer` module); only the
+    /// last run's writes and answer count.
     async fn submit<T, F>(&self, weight: (usize, usize), f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Ctx) -> Result<T, QueueError> + Send + 'static,
+        F: FnMut(&Connection, &mut Ctx) -> Result<T, QueueError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Task { weight, f, reply });
+        let job: Box<dyn Job> = Box::new(Task::new(weight, f, reply));
         let sender = self.inner.sender.as_ref().ok_or(QueueError::Closed)?;
         sender.send(job).await.map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
@@ -280,8 +301,70 @@ fn check_replay_qualifier(qualifier: &Option<String>) -> Result<(), QueueError> 
     Ok(())
 }
 
+/// Ids and seqs of `function`'s newest invocations in `status` older than
+/// `before`, newest first. Running invocations are not in the index by
+/// status (see `schema::SCHEMA_V3`): they are few, and found through the
+/// index of leases.
+fn newest_of(
+    conn: &Connection,
+    function: &FunctionName,
+    status: Status,
+    before: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, QueueError> {
+    let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    let found = if status == Status::Running {
+        conn.prepare_cached(
+            "SELECT id, seq FROM invocations INDEXED BY invocations_leased
+             WHERE status = 'running' AND function = ?1 AND id < ?2
+             ORDER BY id DESC LIMIT ?3",
+        )?
+        .query_map(params![function.as_str(), before, limit], read)?
+        .collect::<rusqlite::Result<_>>()?
+    } else {
+        conn.prepare_cached(
+            "SELECT id, seq FROM invocations
+             WHERE function = ?1 AND status = ?2 AND status <> 'running' AND id < ?3
+             ORDER BY id DESC LIMIT ?4",
+        )?
+        .query_map(
+            params![function.as_str(), status.as_str(), before, limit],
+            read,
+        )?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    Ok(found)
+}
+
 fn summaries(rows: Vec<InvocationRow>) -> Vec<Invocation> {
     rows.iter().map(InvocationRow::to_invocation).collect()
+}
+
+/// `outcome` cut to the limits it is stored under, on the caller's thread
+/// rather than the writer's.
+fn capped(outcome: Completion) -> Completion {
+    match outcome {
+        Completion::Succeeded { response } => Completion::Succeeded {
+            response: response.into_capped(),
+        },
+        Completion::Failed {
+            error,
+            outcome,
+            retryable,
+        } => Completion::Failed {
+            error: ops::truncate(error, MAX_ERROR_BYTES),
+            outcome: ops::truncate(outcome, MAX_OUTCOME_BYTES),
+            retryable,
+        },
+    }
+}
+
+/// Request bytes a completion carries to the writer.
+fn completion_bytes(outcome: &Completion) -> usize {
+    match outcome {
+        Completion::Succeeded { response } => response.body.len(),
+        Completion::Failed { .. } => 0,
+    }
 }
 
 #[async_trait]
@@ -292,7 +375,7 @@ impl InvocationQueue for SqliteQueue {
             return Ok(Vec::new());
         }
         self.submit((batch.len(), total), move |conn, ctx| {
-            ops::enqueue(conn, ctx, batch)
+            ops::enqueue(conn, ctx, &batch)
         })
         .await
     }
@@ -315,10 +398,12 @@ impl InvocationQueue for SqliteQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.submit((max, 0), move |conn, ctx| {
-            ops::lease(conn, ctx, max, visibility)
-        })
-        .await
+        let grants = self
+            .submit((max, 0), move |conn, ctx| {
+                ops::lease(conn, ctx, max, visibility)
+            })
+            .await?;
+        grants.into_iter().map(ops::Grant::into_leased).collect()
     }
 
     async fn mark_started(&self, lease: &LeaseToken) -> Result<(), QueueError> {
@@ -335,12 +420,35 @@ impl InvocationQueue for SqliteQueue {
         outcome: Completion,
     ) -> Result<Status, QueueError> {
         let lease = lease.clone();
-        let bytes = match &outcome {
-            Completion::Succeeded { response } => response.body.len().min(MAX_RESULT_BYTES),
-            Completion::Failed { .. } => 0,
-        };
+        let outcome = capped(outcome);
+        let bytes = completion_bytes(&outcome);
         self.submit((1, bytes), move |conn, ctx| {
-            ops::complete(conn, ctx, &lease, outcome)
+            ops::complete(conn, ctx, &lease, &outcome)
+        })
+        .await
+    }
+
+    async fn complete_many(
+        &self,
+        batch: Vec<(LeaseToken, Completion)>,
+    ) -> Result<Vec<Result<Status, QueueError>>, QueueError> {
+        if batch.len() > MAX_LEASE_BATCH {
+            return Err(ValidationError::new(
+                "batch",
+                format!("at most {MAX_LEASE_BATCH} completions are recorded at once"),
+            )
+            .into());
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<(LeaseToken, Completion)> = batch
+            .into_iter()
+            .map(|(lease, outcome)| (lease, capped(outcome)))
+            .collect();
+        let bytes = batch.iter().map(|(_, o)| completion_bytes(o)).sum();
+        self.submit((batch.len(), bytes), move |conn, ctx| {
+            ops::complete_many(conn, ctx, &batch)
         })
         .await
     }
@@ -384,27 +492,28 @@ impl InvocationQueue for SqliteQueue {
         let before = check_cursor(before)?;
         let function = function.clone();
         self.read(move |conn| {
-            let rows = match status {
-                None => rows::load_many(
-                    conn,
-                    &format!(
-                        "SELECT {} FROM invocations WHERE function = ?1 AND id < ?2
-                         ORDER BY id DESC LIMIT ?3",
-                        rows::COLUMNS
-                    ),
-                    params![function.as_str(), before, limit],
-                )?,
-                Some(status) => rows::load_many(
-                    conn,
-                    &format!(
-                        "SELECT {} FROM invocations
-                         WHERE function = ?1 AND status = ?2 AND id < ?3
-                         ORDER BY id DESC LIMIT ?4",
-                        rows::COLUMNS
-                    ),
-                    params![function.as_str(), status.as_str(), before, limit],
-                )?,
-            };
+            let tx = conn.transaction()?;
+            let mut newest: Vec<(String, i64)> = Vec::new();
+            match status {
+                Some(status) => newest = newest_of(&tx, &function, status, &before, limit)?,
+                // There is no index by function alone (it cost every insert
+                // a write): the newest of each status, merged.
+                None => {
+                    for status in Status::ALL {
+                        newest.extend(newest_of(&tx, &function, status, &before, limit)?);
+                    }
+                    newest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                    newest.truncate(limit as usize);
+                }
+            }
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {} FROM invocations WHERE seq = ?1",
+                rows::COLUMNS
+            ))?;
+            let mut rows = Vec::with_capacity(newest.len());
+            for (_, seq) in newest {
+                rows.push(stmt.query_row([seq], InvocationRow::read)?);
+            }
             Ok(summaries(rows))
         })
         .await
@@ -496,7 +605,7 @@ impl InvocationQueue for SqliteQueue {
             return Ok(false);
         }
         let id = id.to_string();
-        self.submit((1, 0), move |conn, _| ops::delete_dead(conn, &id))
+        self.submit((1, 0), move |conn, ctx| ops::delete_dead(conn, ctx, &id))
             .await
     }
 

@@ -1,16 +1,22 @@
 //! The write operations, each run by the writer thread inside its group's
-//! transaction (in a savepoint of its own).
+//! transaction. An operation that fails with an error for which
+//! [`QueueError::wrote_nothing`] holds must not have written anything (see
+//! the `writer` module); every check comes before the first write.
+//!
+//! Every status change is counted in `ctx.counts`, and an invocation with a
+//! partition key that finishes lets the next one of its partition run
+//! ([`advance_partition`]).
 
-use super::rows::{self, InvocationRow, insert_request, load_by_id, load_request};
+use super::rows::{
+    self, HeldRow, InvocationRow, RawRequest, RawRow, insert_request, load_by_id, load_held,
+};
 use super::writer::Ctx;
 use crate::clock::{dur_ns, from_ns};
 use crate::error::QueueError;
-use crate::limits::{MAX_ERROR_BYTES, MAX_OUTCOME_BYTES};
 use crate::model::{Attempt, Completion, Enqueued, LeaseToken, Leased, NewInvocation, Status};
 use crate::policy::{AsyncPolicy, Semantics};
 use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
 use std::time::Duration;
 use wisp_core::FunctionName;
 
@@ -31,15 +37,72 @@ const MAX_EXPIRIES_PER_LEASE: usize = 1000;
 /// Rows deleted per pruning pass, per kind.
 const PRUNE_CHUNK: i64 = 2000;
 
-/// Queued, retrying and running invocations of `function`.
+/// Queued, retrying and running invocations of `function`, as committed
+/// (for readers; the writer asks `ctx.counts`).
 pub(super) fn depth(conn: &Connection, function: &FunctionName) -> Result<u64, QueueError> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(n), 0) FROM status_counts
-             WHERE function = ?1 AND status IN ('queued', 'retrying', 'running')",
-        )?
-        .query_row([function.as_str()], |r| r.get(0))?;
-    Ok(n.max(0) as u64)
+    Ok(super::counts::read_depth(conn, function)?.max(0) as u64)
+}
+
+/// Whether `status` is one an invocation still runs from.
+fn unfinished(status: Status) -> bool {
+    !status.is_final()
+}
+
+/// Lets the first unfinished invocation of a partition run, once the one
+/// before it finished. (Conditions on three statuses are spelled with `OR`
+/// to match the partial indexes, see `schema::SCHEMA_V3`.)
+fn advance_partition(
+    conn: &Connection,
+    function: &FunctionName,
+    key: &str,
+) -> Result<(), QueueError> {
+    conn.prepare_cached(
+        "UPDATE invocations SET blocked = 0 WHERE blocked = 1 AND seq = (
+            SELECT seq FROM invocations
+            WHERE function = ?1 AND partition_key = ?2
+              AND (status = 'queued' OR status = 'retrying' OR status = 'running')
+            ORDER BY seq LIMIT 1)",
+    )?
+    .execute(params![function.as_str(), key])?;
+    Ok(())
+}
+
+/// After an invocation of `function` went from `was` to `now`: counts the
+/// move and, if it finished, advances its partition.
+fn moved(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    function: &FunctionName,
+    partition_key: Option<&str>,
+    was: Status,
+    now: Status,
+) -> Result<(), QueueError> {
+    ctx.counts.moved(function, was, now);
+    if let Some(key) = partition_key
+        && unfinished(was)
+        && now.is_final()
+    {
+        advance_partition(conn, function, key)?;
+    }
+    Ok(())
+}
+
+/// Writes back every mutable column of `row`, which had status `was`.
+fn store(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    row: &InvocationRow,
+    was: Status,
+) -> Result<(), QueueError> {
+    row.save(conn)?;
+    moved(
+        conn,
+        ctx,
+        &row.function,
+        row.partition_key.as_deref(),
+        was,
+        row.status,
+    )
 }
 
 /// The fields of a new `invocations` row.
@@ -65,7 +128,7 @@ fn insert(
             .prepare_cached(
                 "SELECT 1 FROM invocations
                  WHERE function = ?1 AND partition_key = ?2
-                   AND status IN ('queued', 'retrying', 'running')
+                   AND (status = 'queued' OR status = 'retrying' OR status = 'running')
                  LIMIT 1",
             )?
             .query_row(params![row.function.as_str(), key], |_| Ok(()))
@@ -88,11 +151,12 @@ fn insert(
         blocked,
         row.partition_key,
         row.idempotency_key,
-        serde_json::to_string(row.policy)?,
+        rows::policy_to_json(row.policy)?,
         now,
         expires,
         row.replayed_from,
     ])?;
+    ctx.counts.add(row.function, Status::Queued, 1);
     Ok((conn.last_insert_rowid(), id))
 }
 
@@ -101,11 +165,10 @@ fn insert(
 pub(super) fn enqueue(
     conn: &Connection,
     ctx: &mut Ctx,
-    batch: Vec<NewInvocation>,
+    batch: &[NewInvocation],
 ) -> Result<Vec<Enqueued>, QueueError> {
     let now = rows::now_ns(&ctx.clock);
     let limit = ctx.limits.max_depth_per_function;
-    let mut depths: HashMap<FunctionName, u64> = HashMap::new();
     let mut out = Vec::with_capacity(batch.len());
     for inv in batch {
         if let Some(key) = &inv.idempotency_key {
@@ -124,20 +187,13 @@ pub(super) fn enqueue(
                 continue;
             }
         }
-        let d = match depths.get_mut(&inv.function) {
-            Some(d) => d,
-            None => {
-                let d = depth(conn, &inv.function)?;
-                depths.entry(inv.function.clone()).or_insert(d)
-            }
-        };
-        if *d >= limit {
+        // Counts what this batch queued so far, too.
+        if ctx.counts.depth(conn, &inv.function)? >= limit {
             out.push(Enqueued::Full {
-                function: inv.function,
+                function: inv.function.clone(),
             });
             continue;
         }
-        *d += 1;
         let (seq, id) = insert(
             conn,
             ctx,
@@ -165,6 +221,29 @@ pub(super) fn enqueue(
     Ok(out)
 }
 
+/// A lease as the writer grants it; the caller decodes it with
+/// [`Grant::into_leased`], so that decoding JSON stays off the writer thread.
+pub(super) struct Grant {
+    row: RawRow,
+    request: RawRequest,
+}
+
+impl Grant {
+    /// The lease, decoded.
+    pub fn into_leased(self) -> Result<Leased, QueueError> {
+        let request = self.request.decode()?;
+        let token = self.row.lease_token.clone().unwrap_or_default();
+        let row = self.row.decode()?;
+        Ok(Leased {
+            attempt: row.attempts.len() as u32 + 1,
+            lease: LeaseToken::new(row.id.clone(), token),
+            invocation: row.to_invocation(),
+            policy: row.policy,
+            request,
+        })
+    }
+}
+
 /// Settles expired leases, then leases up to `max` runnable invocations,
 /// dead-lettering those past their event age on the way.
 pub(super) fn lease(
@@ -172,59 +251,61 @@ pub(super) fn lease(
     ctx: &mut Ctx,
     max: usize,
     visibility: Duration,
-) -> Result<Vec<Leased>, QueueError> {
+) -> Result<Vec<Grant>, QueueError> {
     let now = rows::now_ns(&ctx.clock);
-    expire_leases(conn, now)?;
+    expire_leases(conn, ctx, now)?;
+    let lease_expires = now.saturating_add(dur_ns(visibility));
 
+    let sql = format!(
+        "SELECT {} FROM invocations AS i LEFT JOIN requests AS r ON r.seq = i.seq
+         WHERE i.status IN ('queued', 'retrying') AND i.blocked = 0 AND i.ready_ns <= ?1
+         ORDER BY i.ready_ns, i.seq LIMIT ?2",
+        *rows::COLUMNS_WITH_REQUEST
+    );
     let mut leased = Vec::with_capacity(max);
     let mut expired = 0;
     while leased.len() < max && expired < MAX_EXPIRIES_PER_LEASE {
-        let batch = rows::load_many(
-            conn,
-            &format!(
-                "SELECT {} FROM invocations
-                 WHERE status IN ('queued', 'retrying') AND blocked = 0 AND ready_ns <= ?1
-                 ORDER BY ready_ns, seq LIMIT ?2",
-                rows::COLUMNS
-            ),
-            params![now, (max - leased.len()) as i64],
-        )?;
+        let batch: Vec<(RawRow, Option<RawRequest>)> = conn
+            .prepare_cached(&sql)?
+            .query_map(
+                params![now, (max - leased.len()) as i64],
+                RawRow::read_with_request,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
         if batch.is_empty() {
             break;
         }
-        for mut row in batch {
+        for (mut row, request) in batch {
+            let was = row.status;
             row.updated_ns = now;
             row.ready_ns = None;
             if row.expires_ns <= now {
                 // Finishing it advances its partition, so the next pass may
                 // find the invocation behind it.
+                let mut row = row.decode()?;
                 row.status = Status::Dead;
                 row.dead_letter = true;
                 row.error = Some(EXPIRED_ERROR.into());
-                row.save(conn)?;
+                store(conn, ctx, &row, was)?;
                 expired += 1;
                 continue;
             }
-            let token = format!("{:032x}", ctx.rng.random::<u128>());
+            let request = request.ok_or_else(|| rows::no_request(row.seq))?;
+            let token = new_token(row.seq, &mut ctx.rng);
+            // Only what changes: the attempt under way is implied by the
+            // lease (see `rows::InvocationRow`).
+            conn.prepare_cached(
+                "UPDATE invocations SET status = 'running', updated_ns = ?2, ready_ns = NULL,
+                    lease_token = ?3, lease_expires_ns = ?4, started_ns = NULL
+                 WHERE seq = ?1",
+            )?
+            .execute(params![row.seq, now, token, lease_expires])?;
+            ctx.counts.moved(&row.function, was, Status::Running);
             row.status = Status::Running;
-            row.lease_token = Some(token.clone());
-            row.lease_expires_ns = Some(now.saturating_add(dur_ns(visibility)));
+            row.lease_token = Some(token);
+            row.lease_expires_ns = Some(lease_expires);
             row.started_ns = None;
-            row.attempts.push(Attempt {
-                started_at: from_ns(now),
-                finished_at: None,
-                outcome: "running".into(),
-                error: None,
-            });
-            row.save(conn)?;
-            let request = load_request(conn, row.seq)?;
-            leased.push(Leased {
-                attempt: row.attempts.len() as u32,
-                lease: LeaseToken::new(row.id.clone(), token),
-                policy: row.policy.clone(),
-                invocation: row.to_invocation(),
-                request,
-            });
+            leased.push(Grant { row, request });
         }
     }
     Ok(leased)
@@ -234,7 +315,7 @@ pub(super) fn lease(
 /// attempt with outcome `lease expired`), dead-letters them when out of
 /// attempts, fails at-most-once ones that had started, and requeues
 /// at-most-once ones that had not.
-fn expire_leases(conn: &Connection, now: i64) -> Result<(), QueueError> {
+fn expire_leases(conn: &Connection, ctx: &mut Ctx, now: i64) -> Result<(), QueueError> {
     let expired = rows::load_many(
         conn,
         &format!(
@@ -246,29 +327,32 @@ fn expire_leases(conn: &Connection, now: i64) -> Result<(), QueueError> {
         params![now, MAX_EXPIRIES_PER_LEASE as i64],
     )?;
     for mut row in expired {
+        let was = row.status;
+        let attempt_started = row.started_ns.unwrap_or(row.updated_ns);
         // Runnable again since the lease ran out.
         let since = row.lease_expires_ns.take().unwrap_or(now);
         row.updated_ns = now;
         row.lease_token = None;
         let started = row.started_ns.take().is_some();
         if row.policy.semantics == Semantics::AtMostOnce && !started {
-            // It never ran, so running it now is still its only run.
-            row.attempts.pop();
+            // It never ran, so running it now is still its only run; the
+            // attempt does not count.
             row.status = if row.attempts.is_empty() {
                 Status::Queued
             } else {
                 Status::Retrying
             };
             row.ready_ns = Some(since);
-            row.save(conn)?;
+            store(conn, ctx, &row, was)?;
             continue;
         }
+        row.attempts.push(Attempt {
+            started_at: from_ns(attempt_started),
+            finished_at: Some(from_ns(now)),
+            outcome: LEASE_EXPIRED.into(),
+            error: Some(LEASE_EXPIRED_ERROR.into()),
+        });
         let attempt = row.attempts.len() as u32;
-        if let Some(last) = row.attempts.last_mut() {
-            last.finished_at = Some(from_ns(now));
-            last.outcome = LEASE_EXPIRED.into();
-            last.error = Some(LEASE_EXPIRED_ERROR.into());
-        }
         if row.policy.semantics == Semantics::AtMostOnce {
             row.status = Status::Failed;
             row.error = Some(AT_MOST_ONCE_LOST.into());
@@ -281,28 +365,38 @@ fn expire_leases(conn: &Connection, now: i64) -> Result<(), QueueError> {
             row.dead_letter = true;
             row.error = Some(LEASE_EXPIRED_ERROR.into());
         }
-        row.save(conn)?;
+        store(conn, ctx, &row, was)?;
     }
     Ok(())
 }
 
+/// A new lease token for row `seq`: random, and naming the row, so that
+/// the lease holder's calls find it without a lookup by id.
+fn new_token(seq: i64, rng: &mut impl Rng) -> String {
+    format!("{:032x}.{seq:x}", rng.random::<u128>())
+}
+
+/// The row a lease token names (tokens of version 2 do not: `None`).
+fn token_seq(token: &str) -> Option<i64> {
+    i64::from_str_radix(token.rsplit_once('.')?.1, 16).ok()
+}
+
 /// The running invocation `lease` holds, or `LeaseLost`.
-fn held(conn: &Connection, lease: &LeaseToken) -> Result<InvocationRow, QueueError> {
+fn held(conn: &Connection, lease: &LeaseToken) -> Result<HeldRow, QueueError> {
+    let lost = || QueueError::LeaseLost {
+        id: lease.id.clone(),
+    };
     if !crate::id::is_valid_id(&lease.id) {
-        return Err(QueueError::LeaseLost {
-            id: lease.id.clone(),
-        });
+        return Err(lost());
     }
-    match load_by_id(conn, &lease.id)? {
+    match load_held(conn, token_seq(&lease.token), &lease.id)? {
         Some(row)
             if row.status == Status::Running
                 && row.lease_token.as_deref() == Some(lease.token.as_str()) =>
         {
             Ok(row)
         }
-        _ => Err(QueueError::LeaseLost {
-            id: lease.id.clone(),
-        }),
+        _ => Err(lost()),
     }
 }
 
@@ -313,7 +407,7 @@ pub(super) fn mark_started(
     lease: &LeaseToken,
 ) -> Result<(), QueueError> {
     let now = rows::now_ns(&ctx.clock);
-    let mut row = held(conn, lease)?;
+    let row = held(conn, lease)?;
     // Past its expiry the lease may be settled at any moment: starting now
     // could run an at-most-once invocation twice.
     if row.lease_expires_ns.is_none_or(|t| t < now) {
@@ -324,63 +418,122 @@ pub(super) fn mark_started(
     if row.started_ns.is_some() {
         return Ok(());
     }
-    row.started_ns = Some(now);
-    if let Some(last) = row.attempts.last_mut() {
-        last.started_at = from_ns(now);
-    }
-    row.save(conn)
+    conn.prepare_cached("UPDATE invocations SET started_ns = ?2 WHERE seq = ?1")?
+        .execute(params![row.seq, now])?;
+    Ok(())
 }
 
-/// Records how the leased attempt ended; returns the new status.
+/// Records how the leased attempt ended; returns the new status. The
+/// completion must be capped already (see `SqliteQueue::complete`).
 pub(super) fn complete(
     conn: &Connection,
     ctx: &mut Ctx,
     lease: &LeaseToken,
-    completion: Completion,
+    completion: &Completion,
 ) -> Result<Status, QueueError> {
     let now = rows::now_ns(&ctx.clock);
-    let mut row = held(conn, lease)?;
-    let attempt = row.attempts.len() as u32;
-    row.updated_ns = now;
-    row.lease_token = None;
-    row.lease_expires_ns = None;
-    row.started_ns = None;
-    match completion {
+    complete_at(conn, ctx, now, lease, completion)
+}
+
+/// Records how each of several leased attempts ended, in order. A lost
+/// lease fails its own entry only; a storage error fails the call.
+pub(super) fn complete_many(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    batch: &[(LeaseToken, Completion)],
+) -> Result<Vec<Result<Status, QueueError>>, QueueError> {
+    let now = rows::now_ns(&ctx.clock);
+    let mut out = Vec::with_capacity(batch.len());
+    for (lease, completion) in batch {
+        match complete_at(conn, ctx, now, lease, completion) {
+            Ok(status) => out.push(Ok(status)),
+            Err(e) if e.wrote_nothing() => out.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn complete_at(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    now: i64,
+    lease: &LeaseToken,
+    completion: &Completion,
+) -> Result<Status, QueueError> {
+    let row = held(conn, lease)?;
+    let started_at = from_ns(row.attempt_started_ns());
+    let status = match completion {
         Completion::Succeeded { response } => {
-            let response = response.into_capped();
-            if let Some(last) = row.attempts.last_mut() {
-                last.finished_at = Some(from_ns(now));
-                last.outcome = response.status.to_string();
-                last.error = None;
-            }
-            row.status = Status::Succeeded;
-            row.error = None;
-            rows::insert_result(conn, row.seq, &response)?;
+            let attempt = Attempt {
+                started_at,
+                finished_at: Some(from_ns(now)),
+                outcome: response.status.to_string(),
+                error: None,
+            };
+            conn.prepare_cached(
+                "UPDATE invocations SET status = 'succeeded', attempts = ?2, updated_ns = ?3,
+                    ready_ns = NULL, lease_token = NULL, lease_expires_ns = NULL,
+                    started_ns = NULL, error = NULL
+                 WHERE seq = ?1",
+            )?
+            .execute(params![
+                row.seq,
+                rows::append_attempt(&row.attempts, &attempt)?,
+                now
+            ])?;
+            rows::insert_result(conn, row.seq, response)?;
+            Status::Succeeded
         }
         Completion::Failed {
             error,
             outcome,
             retryable,
         } => {
-            let error = truncate(error, MAX_ERROR_BYTES);
-            if let Some(last) = row.attempts.last_mut() {
-                last.finished_at = Some(from_ns(now));
-                last.outcome = truncate(outcome, MAX_OUTCOME_BYTES);
-                last.error = Some(error.clone());
-            }
-            row.error = Some(error);
-            if retryable && row.policy.may_retry(attempt) {
-                let delay = row.policy.backoff(attempt, &mut ctx.rng);
-                row.status = Status::Retrying;
-                row.ready_ns = Some(now.saturating_add(dur_ns(delay)));
+            let policy = row.policy()?;
+            let mut attempts: Vec<Attempt> = serde_json::from_str(&row.attempts)?;
+            attempts.push(Attempt {
+                started_at,
+                finished_at: Some(from_ns(now)),
+                outcome: outcome.clone(),
+                error: Some(error.clone()),
+            });
+            let attempt = attempts.len() as u32;
+            let (status, ready) = if *retryable && policy.may_retry(attempt) {
+                let delay = policy.backoff(attempt, &mut ctx.rng);
+                (Status::Retrying, Some(now.saturating_add(dur_ns(delay))))
             } else {
-                row.status = Status::Dead;
-                row.dead_letter = true;
-            }
+                (Status::Dead, None)
+            };
+            let dead = status == Status::Dead;
+            conn.prepare_cached(
+                "UPDATE invocations SET status = ?2, dead_letter = ?3, attempts = ?4,
+                    updated_ns = ?5, ready_ns = ?6, lease_token = NULL, lease_expires_ns = NULL,
+                    started_ns = NULL, error = ?7, dlq = ?8
+                 WHERE seq = ?1",
+            )?
+            .execute(params![
+                row.seq,
+                status.as_str(),
+                dead,
+                serde_json::to_string(&attempts)?,
+                now,
+                ready,
+                error,
+                dead.then(|| policy.dead_letter_queue_name()),
+            ])?;
+            status
         }
-    }
-    row.save(conn)?;
-    Ok(row.status)
+    };
+    moved(
+        conn,
+        ctx,
+        &row.function,
+        row.partition_key.as_deref(),
+        Status::Running,
+        status,
+    )?;
+    Ok(status)
 }
 
 /// Hands a leased invocation back without counting the attempt; it runs
@@ -392,32 +545,45 @@ pub(super) fn release(
     delay: Duration,
 ) -> Result<(), QueueError> {
     let now = rows::now_ns(&ctx.clock);
-    let mut row = held(conn, lease)?;
-    if row.policy.semantics == Semantics::AtMostOnce && row.started_ns.is_some() {
+    let row = held(conn, lease)?;
+    if row.started_ns.is_some() && row.policy()?.semantics == Semantics::AtMostOnce {
         return Err(QueueError::AlreadyStarted {
             id: lease.id.clone(),
         });
     }
-    row.attempts.pop();
-    row.status = if row.attempts.is_empty() {
+    let attempts: Vec<Attempt> = serde_json::from_str(&row.attempts)?;
+    let status = if attempts.is_empty() {
         Status::Queued
     } else {
         Status::Retrying
     };
-    row.updated_ns = now;
-    row.ready_ns = Some(now.saturating_add(dur_ns(delay)));
-    row.lease_token = None;
-    row.lease_expires_ns = None;
-    row.started_ns = None;
-    row.save(conn)
+    conn.prepare_cached(
+        "UPDATE invocations SET status = ?2, updated_ns = ?3, ready_ns = ?4, lease_token = NULL,
+            lease_expires_ns = NULL, started_ns = NULL
+         WHERE seq = ?1",
+    )?
+    .execute(params![
+        row.seq,
+        status.as_str(),
+        now,
+        now.saturating_add(dur_ns(delay))
+    ])?;
+    ctx.counts.moved(&row.function, Status::Running, status);
+    Ok(())
 }
 
 /// Deletes a dead letter and everything stored with it.
-pub(super) fn delete_dead(conn: &Connection, id: &str) -> Result<bool, QueueError> {
-    let n = conn
-        .prepare_cached("DELETE FROM invocations WHERE id = ?1 AND dead_letter = 1")?
-        .execute([id])?;
-    Ok(n > 0)
+pub(super) fn delete_dead(conn: &Connection, ctx: &mut Ctx, id: &str) -> Result<bool, QueueError> {
+    let function: Option<rows::Parsed<FunctionName>> = conn
+        .prepare_cached(
+            "DELETE FROM invocations WHERE id = ?1 AND dead_letter = 1 RETURNING function",
+        )?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    if let Some(f) = &function {
+        ctx.counts.add(&f.0, Status::Dead, -1);
+    }
+    Ok(function.is_some())
 }
 
 /// Re-enqueues dead letter `id` as a new invocation (to `qualifier`, or
@@ -447,7 +613,7 @@ fn replay_row(
     qualifier: Option<&str>,
 ) -> Result<String, QueueError> {
     let limit = ctx.limits.max_depth_per_function;
-    if depth(conn, &row.function)? >= limit {
+    if ctx.counts.depth(conn, &row.function)? >= limit {
         return Err(QueueError::Full {
             function: row.function,
             limit,
@@ -483,7 +649,7 @@ fn replay_row(
     row.dead_letter = false;
     row.replayed_as = Some(new_id.clone());
     row.updated_ns = now;
-    row.save(conn)?;
+    store(conn, ctx, &row, row.status)?;
     Ok(new_id)
 }
 
@@ -545,29 +711,32 @@ pub(super) fn replay_chunk(
 pub(super) fn prune(conn: &Connection, ctx: &mut Ctx) -> Result<bool, QueueError> {
     let now = rows::now_ns(&ctx.clock);
     let cutoff = now.saturating_sub(dur_ns(ctx.retention.max_age));
-    let aged = conn
-        .prepare_cached(
-            "DELETE FROM invocations WHERE seq IN (
-                SELECT seq FROM invocations
-                WHERE status IN ('succeeded', 'failed', 'dead') AND dead_letter = 0
-                  AND updated_ns < ?1
-                ORDER BY updated_ns LIMIT ?2)",
-        )?
-        .execute(params![cutoff, PRUNE_CHUNK])?;
+    let aged = delete_counted(
+        conn,
+        ctx,
+        "DELETE FROM invocations WHERE seq IN (
+            SELECT seq FROM invocations
+            WHERE (status = 'succeeded' OR status = 'failed' OR status = 'dead') AND dead_letter = 0
+              AND updated_ns < ?1
+            ORDER BY updated_ns LIMIT ?2)
+         RETURNING function, status",
+        params![cutoff, PRUNE_CHUNK],
+    )?;
 
-    let total: i64 = conn
-        .prepare_cached("SELECT COALESCE(SUM(n), 0) FROM status_counts")?
-        .query_row([], |r| r.get(0))?;
+    let total = ctx.counts.total(conn)?;
     let cap = i64::try_from(ctx.retention.max_rows).unwrap_or(i64::MAX);
     let over = total.saturating_sub(cap).clamp(0, PRUNE_CHUNK);
     let capped = if over > 0 {
-        conn.prepare_cached(
+        delete_counted(
+            conn,
+            ctx,
             "DELETE FROM invocations WHERE seq IN (
                 SELECT seq FROM invocations
-                WHERE status IN ('succeeded', 'failed', 'dead') AND dead_letter = 0
-                ORDER BY updated_ns LIMIT ?1)",
+                WHERE (status = 'succeeded' OR status = 'failed' OR status = 'dead') AND dead_letter = 0
+                ORDER BY updated_ns LIMIT ?1)
+             RETURNING function, status",
+            params![over],
         )?
-        .execute([over])?
     } else {
         0
     };
@@ -583,6 +752,26 @@ pub(super) fn prune(conn: &Connection, ctx: &mut Ctx) -> Result<bool, QueueError
     }
     let full = PRUNE_CHUNK as usize;
     Ok(aged == full || keys == full || (capped == full && total - cap > PRUNE_CHUNK))
+}
+
+/// Runs a `DELETE ... RETURNING function, status` and counts what it
+/// deleted; answers how many rows that was.
+fn delete_counted(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, QueueError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut deleted = stmt.query(params)?;
+    let mut n = 0;
+    while let Some(row) = deleted.next()? {
+        let function: rows::Parsed<FunctionName> = row.get(0)?;
+        let status: rows::Parsed<Status> = row.get(1)?;
+        ctx.counts.add(&function.0, status.0, -1);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// `s` cut to at most `max` bytes on a character boundary, marked with `…`.

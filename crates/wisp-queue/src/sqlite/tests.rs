@@ -1171,7 +1171,7 @@ async fn a_call_that_fails_after_writing_is_rolled_back_alone() {
             if i % 2 == 0 {
                 // Writes, then fails: none of it may stay.
                 q.submit((1, 0), |conn, ctx| {
-                    ops::enqueue(conn, ctx, vec![inv("bad", "half")])?;
+                    ops::enqueue(conn, ctx, &[inv("bad", "half")])?;
                     Err::<(), _>(QueueError::Database("injected".into()))
                 })
                 .await
@@ -1195,7 +1195,7 @@ async fn a_call_that_fails_after_writing_is_rolled_back_alone() {
     // A panicking call is rolled back too, and the writer carries on.
     let err = q
         .submit((1, 0), |conn, ctx| {
-            ops::enqueue(conn, ctx, vec![inv("bad", "half")])?;
+            ops::enqueue(conn, ctx, &[inv("bad", "half")])?;
             panic!("injected")
         })
         .await
@@ -1275,11 +1275,17 @@ fn the_planner_uses_the_partial_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.db");
     drop(SqliteQueue::open(&path).unwrap());
+    // Configured as the queue's connections are (plans may not depend on
+    // bound values), and asked the queries as the queue asks them.
     let conn = Connection::open(&path).unwrap();
+    configure(&conn).unwrap();
     let plan = |sql: &str| -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
         let rows = stmt
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(3)
+            })
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -1287,56 +1293,104 @@ fn the_planner_uses_the_partial_indexes() {
     };
     let cases = [
         (
-            "SELECT seq FROM invocations WHERE status IN ('queued', 'retrying') AND blocked = 0
-             AND ready_ns <= 5 ORDER BY ready_ns, seq LIMIT 10",
+            format!(
+                "SELECT {} FROM invocations AS i LEFT JOIN requests AS r ON r.seq = i.seq
+                 WHERE i.status IN ('queued', 'retrying') AND i.blocked = 0 AND i.ready_ns <= ?1
+                 ORDER BY i.ready_ns, i.seq LIMIT ?2",
+                *rows::COLUMNS_WITH_REQUEST
+            ),
             "invocations_ready",
         ),
         (
-            "SELECT seq FROM invocations WHERE status = 'running' AND lease_expires_ns < 5
-             ORDER BY lease_expires_ns LIMIT 10",
+            "SELECT seq FROM invocations WHERE status = 'running' AND lease_expires_ns < ?1
+             ORDER BY lease_expires_ns LIMIT ?2"
+                .into(),
             "invocations_leased",
         ),
         (
-            "SELECT 1 FROM invocations WHERE function = 'f' AND partition_key = 'k'
-             AND status IN ('queued', 'retrying', 'running') LIMIT 1",
+            "SELECT 1 FROM invocations WHERE function = ?1 AND partition_key = ?2
+             AND (status = 'queued' OR status = 'retrying' OR status = 'running') LIMIT 1"
+                .into(),
             "invocations_partitions",
         ),
         (
-            "SELECT seq FROM invocations WHERE status IN ('succeeded', 'failed', 'dead')
-             AND dead_letter = 0 AND updated_ns < 5 ORDER BY updated_ns LIMIT 10",
+            "SELECT seq FROM invocations WHERE function = ?1 AND partition_key = ?2
+             AND (status = 'queued' OR status = 'retrying' OR status = 'running')
+             ORDER BY seq LIMIT 1"
+                .into(),
+            "invocations_partitions",
+        ),
+        (
+            "SELECT seq FROM invocations
+             WHERE (status = 'succeeded' OR status = 'failed' OR status = 'dead')
+             AND dead_letter = 0 AND updated_ns < ?1 ORDER BY updated_ns LIMIT ?2"
+                .into(),
             "invocations_finished",
         ),
         (
-            "SELECT seq FROM invocations WHERE dead_letter = 1 AND function = 'f' AND id < '~'
-             ORDER BY id DESC LIMIT 10",
+            "SELECT seq FROM invocations WHERE dead_letter = 1 AND function = ?1 AND id < ?2
+             ORDER BY id DESC LIMIT ?3"
+                .into(),
             "invocations_dead_letters",
         ),
         (
-            "SELECT seq FROM invocations WHERE dead_letter = 1 AND id < '~'
-             ORDER BY id DESC LIMIT 10",
+            "SELECT seq FROM invocations WHERE dead_letter = 1 AND id < ?1
+             ORDER BY id DESC LIMIT ?2"
+                .into(),
             "invocations_all_dead_letters",
         ),
         (
-            "SELECT seq FROM invocations WHERE dead_letter = 1 AND dlq = 'payments' AND id < '~'
-             ORDER BY id DESC LIMIT 10",
+            "SELECT seq FROM invocations WHERE dead_letter = 1 AND dlq = ?1 AND id < ?2
+             ORDER BY id DESC LIMIT ?3"
+                .into(),
             "invocations_dead_letters_by_queue",
         ),
         (
-            "SELECT seq FROM invocations WHERE function = 'f' AND status = 'dead' AND id < '~'
-             ORDER BY id DESC LIMIT 10",
-            "invocations_by_status",
+            // Listings: the newest of a status, from the index alone.
+            "SELECT id, seq FROM invocations
+             WHERE function = ?1 AND status = ?2 AND status <> 'running' AND id < ?3
+             ORDER BY id DESC LIMIT ?4"
+                .into(),
+            "COVERING INDEX invocations_by_status",
         ),
     ];
     for (sql, index) in cases {
-        let p = plan(sql);
+        let p = plan(&sql);
         assert!(
             p.contains(index) && !p.contains("TEMP B-TREE"),
             "{sql}\n=> {p}"
         );
     }
+    // Running invocations are listed from the leases (few; sorted after).
+    let p = plan(
+        "SELECT id, seq FROM invocations INDEXED BY invocations_leased
+         WHERE status = 'running' AND function = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+    );
+    assert!(p.contains("invocations_leased"), "{p}");
 }
 
-/// `cargo test -p wisp-queue --release -- --ignored --nocapture`
+/// CPU time the queue's writer thread has used so far, in microseconds
+/// (from `/proc`; `None` elsewhere). There is one writer per open queue,
+/// so this sums them.
+fn writer_cpu_us() -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        if comm.trim() == "wisp-queue-writ"
+            && let Some(ns) = stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<f64>().ok())
+        {
+            *total.get_or_insert(0.0) += ns / 1000.0;
+        }
+    }
+    total
+}
+
+/// `cargo test -p wisp-queue --release -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a throughput measurement, not a check"]
 async fn throughput() {
@@ -1360,6 +1414,13 @@ async fn throughput() {
             .push(("content-type".into(), "application/json".into()));
         NewInvocation::new(name(&format!("f{}", i % 4)), "latest", r)
     };
+    // A reading before the writer named its thread counts as zero.
+    let per_event = |cpu0: Option<f64>, n: usize| match (cpu0.or(Some(0.0)), writer_cpu_us()) {
+        (Some(a), Some(b)) if n > 0 => {
+            format!("{:.1} µs of writer CPU per event", (b - a) / n as f64)
+        }
+        _ => "writer CPU unknown".into(),
+    };
 
     // WISP_QUEUE_BENCH_EVENTS changes the events per run (default 200,000).
     let total: usize = std::env::var("WISP_QUEUE_BENCH_EVENTS")
@@ -1368,6 +1429,7 @@ async fn throughput() {
         .unwrap_or(200_000);
     for (callers, per_call) in [(256usize, 1usize), (64, 1), (16, 1), (64, 10)] {
         let calls_per_task = total / callers / per_call;
+        let cpu0 = writer_cpu_us();
         let started = std::time::Instant::now();
         let mut tasks = Vec::new();
         for t in 0..callers {
@@ -1388,12 +1450,15 @@ async fn throughput() {
         let n = callers * calls_per_task * per_call;
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "enqueue: {callers} concurrent callers x {per_call} event(s) per call: {n} events in {secs:.2} s = {:.0} events/s durable",
-            n as f64 / secs
+            "enqueue: {callers} concurrent callers x {per_call} event(s) per call: {n} events in {secs:.2} s = {:.0} events/s durable, {}",
+            n as f64 / secs,
+            per_event(cpu0, n)
         );
     }
 
-    // Drain: lease in batches and complete each, from 8 executors.
+    // Drain: 8 executors lease in batches of 100; half the run completes
+    // each invocation with its own call, the other half with one
+    // `complete_many` per leased batch.
     let depth: u64 = q
         .counts()
         .await
@@ -1402,40 +1467,73 @@ async fn throughput() {
         .filter(|c| c.1 == Status::Queued)
         .map(|c| c.2)
         .sum();
-    let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let q = q.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            loop {
-                let leased = q.lease(100, MINUTE).await.unwrap();
-                if leased.is_empty() {
-                    return n;
+    for batched in [false, true] {
+        let quota = if batched { depth } else { depth / 2 };
+        let left = Arc::new(std::sync::atomic::AtomicU64::new(quota));
+        let cpu0 = writer_cpu_us();
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let q = q.clone();
+            let left = left.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    let take = left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                            l.checked_sub(l.min(100))
+                        })
+                        .unwrap()
+                        .min(100);
+                    if take == 0 {
+                        return n;
+                    }
+                    let leased = q.lease(take as usize, MINUTE).await.unwrap();
+                    n += leased.len() as u64;
+                    if batched {
+                        let batch = leased
+                            .into_iter()
+                            .map(|l| (l.lease, ok(200, "{}")))
+                            .collect();
+                        for r in q.complete_many(batch).await.unwrap() {
+                            r.unwrap();
+                        }
+                    } else {
+                        let mut done = Vec::new();
+                        for l in leased {
+                            let q = q.clone();
+                            done.push(tokio::spawn(async move {
+                                q.complete(&l.lease, ok(200, "{}")).await.unwrap();
+                            }));
+                        }
+                        for d in done {
+                            d.await.unwrap();
+                        }
+                    }
                 }
-                let mut done = Vec::new();
-                for l in leased {
-                    let q = q.clone();
-                    done.push(tokio::spawn(async move {
-                        q.complete(&l.lease, ok(200, "{}")).await.unwrap();
-                    }));
-                }
-                for d in done {
-                    d.await.unwrap();
-                    n += 1;
-                }
-            }
-        }));
+            }));
+        }
+        let mut completed = 0;
+        for t in tasks {
+            completed += t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "lease + complete{}: {completed} invocations in {secs:.2} s = {:.0} invocations/s durable, {}",
+            if batched { "_many" } else { " (one call each)" },
+            completed as f64 / secs,
+            per_event(cpu0, completed as usize)
+        );
     }
-    let mut completed = 0;
-    for t in tasks {
-        completed += t.await.unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(completed, depth);
-    println!(
-        "lease + complete: {completed} invocations in {secs:.2} s = {:.0} invocations/s durable",
-        completed as f64 / secs
+    assert_eq!(
+        q.counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.1 == Status::Succeeded)
+            .map(|c| c.2)
+            .sum::<u64>(),
+        depth
     );
 }
 
@@ -1594,7 +1692,7 @@ async fn a_version_1_database_is_migrated_to_named_dead_letter_queues() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let listed = q
         .dead_letters(None, Some("default"), 10, None)
         .await
@@ -1620,4 +1718,491 @@ async fn a_version_1_database_is_migrated_to_named_dead_letter_queues() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `status_counts` as the writer keeps it, against a count of the rows.
+fn assert_counts_exact(path: &std::path::Path) {
+    let conn = Connection::open(path).unwrap();
+    let kept: Vec<(String, String, i64)> = conn
+        .prepare("SELECT function, status, n FROM status_counts WHERE n <> 0 ORDER BY 1, 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let counted: Vec<(String, String, i64)> = conn
+        .prepare(
+            "SELECT function, status, COUNT(*) FROM invocations GROUP BY function, status
+             ORDER BY 1, 2",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(kept, counted, "status_counts drifted from the rows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn complete_many_records_each_outcome_on_its_own() {
+    let (q, clock, dir) = open();
+    let retrying = AsyncPolicy {
+        max_retries: 1,
+        backoff_min: Duration::from_secs(10),
+        backoff_max: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let lost_id = enqueue_one(&q, inv("f", "lost")).await;
+    let short = q.lease(1, Duration::from_secs(5)).await.unwrap();
+    let ok_id = enqueue_one(&q, inv("f", "ok")).await;
+    let retry_id = enqueue_one(&q, with_policy(inv("f", "retry"), retrying.clone())).await;
+    let dead_id = enqueue_one(&q, keyed(inv("g", "dead"), "k")).await;
+    let behind = enqueue_one(&q, keyed(inv("g", "behind"), "k")).await;
+    let mut leased = q.lease(10, MINUTE).await.unwrap();
+    assert_eq!(
+        ids(&leased),
+        vec![ok_id.clone(), retry_id.clone(), dead_id.clone()]
+    );
+    leased.extend(short);
+    // The lease of `lost` runs out and it is redelivered: the first lease is lost.
+    clock.advance(Duration::from_secs(6));
+    let redelivered = q.lease(1, MINUTE).await.unwrap();
+    assert_eq!(ids(&redelivered), vec![lost_id.clone()]);
+    let forged = LeaseToken::new(ok_id.clone(), "0".repeat(32));
+    // A real token under another invocation's id is no lease either.
+    let mismatched = LeaseToken::new(behind.clone(), leased[1].lease.token());
+    let batch = vec![
+        (mismatched, ok(200, "mismatched")),
+        (leased[0].lease.clone(), ok(201, "fine")),
+        (leased[1].lease.clone(), failed("try again", true)),
+        (forged, ok(200, "forged")),
+        (leased[2].lease.clone(), failed("no use", false)),
+        (leased[3].lease.clone(), ok(200, "late")),
+        // The same lease twice: the second finds it settled.
+        (leased[0].lease.clone(), ok(200, "twice")),
+    ];
+    let out = q.complete_many(batch).await.unwrap();
+    assert_eq!(out.len(), 7);
+    assert!(matches!(&out[0], Err(QueueError::LeaseLost { id }) if *id == behind));
+    let out = &out[1..];
+    assert_eq!(out[0].as_ref().unwrap(), &Status::Succeeded);
+    assert_eq!(out[1].as_ref().unwrap(), &Status::Retrying);
+    assert!(matches!(&out[2], Err(QueueError::LeaseLost { id }) if *id == ok_id));
+    assert_eq!(out[3].as_ref().unwrap(), &Status::Dead);
+    assert!(matches!(&out[4], Err(QueueError::LeaseLost { id }) if *id == lost_id));
+    assert!(matches!(&out[5], Err(QueueError::LeaseLost { .. })));
+
+    // Each row is as one `complete` would have left it.
+    let done = q.get(&ok_id).await.unwrap().unwrap();
+    assert_eq!(done.status, Status::Succeeded);
+    let result = done.result.unwrap();
+    assert_eq!((result.status, result.body.as_slice()), (201, &b"fine"[..]));
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0].outcome, "201");
+    assert_eq!(done.attempts[0].started_at, start());
+    assert_eq!(
+        done.attempts[0].finished_at,
+        Some(start() + Duration::from_secs(6))
+    );
+    let r = q.get(&retry_id).await.unwrap().unwrap();
+    assert_eq!(r.status, Status::Retrying);
+    assert_eq!(r.error.as_deref(), Some("try again"));
+    assert_eq!(
+        r.next_attempt_at,
+        Some(start() + Duration::from_secs(16)),
+        "after its backoff"
+    );
+    let d = q.get(&dead_id).await.unwrap().unwrap();
+    assert_eq!(d.status, Status::Dead);
+    assert_eq!(d.attempts[0].error.as_deref(), Some("no use"));
+    assert!(q.dead_letter(&dead_id).await.unwrap().is_some());
+    // The dead one's partition moves on.
+    assert_eq!(ids(&q.lease(10, MINUTE).await.unwrap()), vec![behind]);
+    // The redelivered one still runs under its new lease, its lost attempt kept.
+    let l = q.get(&lost_id).await.unwrap().unwrap();
+    assert_eq!(l.status, Status::Running);
+    assert_eq!(l.attempts.len(), 2);
+    assert_eq!(l.attempts[0].outcome, ops::LEASE_EXPIRED);
+    assert_eq!(l.attempts[1].outcome, "running");
+    assert_eq!(
+        q.complete_many(vec![(redelivered[0].lease.clone(), ok(200, "now"))])
+            .await
+            .unwrap()[0]
+            .as_ref()
+            .unwrap(),
+        &Status::Succeeded
+    );
+    assert!(q.complete_many(Vec::new()).await.unwrap().is_empty());
+    let too_many = (0..=MAX_LEASE_BATCH)
+        .map(|_| (leased[0].lease.clone(), ok(200, "")))
+        .collect();
+    assert!(matches!(
+        q.complete_many(too_many).await,
+        Err(QueueError::Invalid(_))
+    ));
+    drop(q);
+    assert_counts_exact(&dir.path().join("q/queue.db"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn complete_many_is_one_write_that_fails_whole() {
+    let (q, _clock, _dir) = open();
+    for i in 0..3 {
+        enqueue_one(&q, inv("f", &i.to_string())).await;
+    }
+    let leased = lease_all(&q).await;
+    let before = q.commit_stats();
+    let batch: Vec<_> = leased
+        .iter()
+        .map(|l| (l.lease.clone(), ok(200, "")))
+        .collect();
+    let out = q.complete_many(batch).await.unwrap();
+    assert!(out.iter().all(|r| matches!(r, Ok(Status::Succeeded))));
+    let after = q.commit_stats();
+    assert_eq!(
+        (
+            after.calls - before.calls,
+            after.transactions - before.transactions
+        ),
+        (1, 1),
+        "one call, one transaction"
+    );
+    // A storage error while recording rolls every entry back.
+    let id = enqueue_one(&q, inv("f", "x")).await;
+    let l = lease_all(&q).await;
+    let lease = l[0].lease.clone();
+    let err = q
+        .submit((1, 0), move |conn, ctx| {
+            let out = ops::complete_many(conn, ctx, &[(lease.clone(), ok(200, "x"))])?;
+            assert!(out[0].is_ok());
+            conn.execute_batch("SELECT * FROM no_such_table")?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(!err.wrote_nothing());
+    assert_eq!(q.get(&id).await.unwrap().unwrap().status, Status::Running);
+    q.complete(&l[0].lease, ok(200, "")).await.unwrap();
+
+    // An entry that fails halfway (its result cannot be stored, after its
+    // row was updated) fails the whole call, and nothing of any entry stays.
+    let good = enqueue_one(&q, inv("f", "good")).await;
+    let bad = enqueue_one(&q, inv("f", "bad")).await;
+    let l = lease_all(&q).await;
+    let bad_id = bad.clone();
+    q.submit((1, 0), move |conn, _| {
+        conn.execute(
+            "INSERT INTO results (seq, status, headers, body, truncated)
+             SELECT seq, 200, '[]', x'', 0 FROM invocations WHERE id = ?1",
+            [&bad_id],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let batch = l.iter().map(|l| (l.lease.clone(), ok(200, "x"))).collect();
+    let err = q.complete_many(batch).await.unwrap_err();
+    assert!(!err.wrote_nothing(), "{err}");
+    for id in [&good, &bad] {
+        let got = q.get(id).await.unwrap().unwrap();
+        assert_eq!(got.status, Status::Running, "{id}");
+        assert_eq!(got.attempts.len(), 1);
+    }
+    assert_eq!(q.depth(&name("f")).await.unwrap(), 2);
+    // Completed one by one, the good one is recorded.
+    assert_eq!(
+        q.complete(&l[0].lease, ok(200, "")).await.unwrap(),
+        Status::Succeeded
+    );
+}
+
+/// Every way an invocation moves, many times over, from concurrent
+/// callers: the counts the writer keeps (instead of triggers) must match
+/// the rows, and depth must follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_follow_every_move() {
+    let (q, clock, dir) = open_manual(QueueOptions {
+        retention: Retention {
+            max_age: Duration::from_secs(3600),
+            max_rows: 40,
+        },
+        ..Default::default()
+    });
+    let quick = AsyncPolicy {
+        max_retries: 1,
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(1),
+        max_event_age: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let amo = AsyncPolicy {
+        semantics: Semantics::AtMostOnce,
+        ..quick.clone()
+    };
+    for round in 0..4u32 {
+        let mut tasks = Vec::new();
+        for t in 0..8u32 {
+            let q = q.clone();
+            let (quick, amo) = (quick.clone(), amo.clone());
+            tasks.push(tokio::spawn(async move {
+                let f = ["f", "g", "h"][t as usize % 3];
+                let mut i = with_policy(inv(f, &format!("{round}/{t}")), quick.clone());
+                if t % 2 == 0 {
+                    i = keyed(i, &format!("k{}", t % 4));
+                }
+                if t == 7 {
+                    i = with_policy(i, amo);
+                }
+                enqueue_one(&q, i).await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let leased = q.lease(6, Duration::from_secs(5)).await.unwrap();
+        let mut batch = Vec::new();
+        for (n, l) in leased.iter().enumerate() {
+            match n % 6 {
+                0 => batch.push((l.lease.clone(), ok(200, ""))),
+                1 => batch.push((l.lease.clone(), failed("again", true))),
+                2 => batch.push((l.lease.clone(), failed("never", false))),
+                3 => q.release(&l.lease, Duration::ZERO).await.unwrap(),
+                4 => q.mark_started(&l.lease).await.unwrap(),
+                // Left to run out.
+                _ => {}
+            }
+        }
+        q.complete_many(batch).await.unwrap();
+        clock.advance(Duration::from_secs(6));
+        for l in q.lease(3, MINUTE).await.unwrap() {
+            q.complete(&l.lease, ok(200, "")).await.unwrap();
+        }
+        let dead = q.dead_letters(None, None, 10, None).await.unwrap();
+        if let Some(d) = dead.first() {
+            q.replay(&d.id, None).await.unwrap();
+        }
+        if let Some(d) = dead.get(1) {
+            assert!(q.delete_dead(&d.id).await.unwrap());
+        }
+        if round == 2 {
+            let held = q.lease(2, MINUTE).await.unwrap();
+            assert_eq!(q.expire_leases().await.unwrap(), held.len() as u64);
+            // Past their event age, whatever is queued is dead-lettered.
+            clock.advance(Duration::from_secs(31));
+            lease_all(&q).await;
+        }
+    }
+    // Pruning by age and by row cap.
+    clock.advance(Duration::from_secs(3601));
+    q.prune().await.unwrap();
+    for function in ["f", "g", "h"] {
+        let active: u64 = q
+            .counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(f, s, _)| f.as_str() == function && !s.is_final())
+            .map(|c| c.2)
+            .sum();
+        assert_eq!(q.depth(&name(function)).await.unwrap(), active);
+    }
+    drop(q);
+    assert_counts_exact(&dir.path().join("q/queue.db"));
+}
+
+/// The hot statements must not build temporary b-trees (SQLite does so for
+/// a constant `IN` list of more than two values, on every execution) nor
+/// compute `json_extract`.
+#[test]
+fn hot_statements_stay_simple() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    drop(SqliteQueue::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let program = |sql: &str| -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        let n = stmt.parameter_count();
+        let params: Vec<i64> = vec![1; n];
+        stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(format!(
+                "{} {}",
+                r.get::<_, String>(1)?,
+                r.get_ref(5)?.as_str().unwrap_or_default()
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    for sql in [
+        "INSERT INTO invocations (id, function, qualifier, status, blocked, partition_key,
+            idempotency_key, policy, enqueued_ns, updated_ns, ready_ns, expires_ns, replayed_from)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10)",
+        "UPDATE invocations SET status = 'running', updated_ns = ?2, ready_ns = NULL,
+            lease_token = ?3, lease_expires_ns = ?4, started_ns = NULL
+         WHERE seq = ?1",
+        "UPDATE invocations SET status = 'succeeded', attempts = ?2, updated_ns = ?3,
+            ready_ns = NULL, lease_token = NULL, lease_expires_ns = NULL,
+            started_ns = NULL, error = NULL
+         WHERE seq = ?1",
+        "INSERT INTO results (seq, status, headers, body, truncated) VALUES (?1, ?2, ?3, ?4, ?5)",
+    ] {
+        let ops = program(sql);
+        assert!(
+            !ops.iter()
+                .any(|o| o.starts_with("OpenEphemeral") || o.contains("json_extract")),
+            "{sql}\n=> {ops:?}"
+        );
+    }
+    // And the check on `status` still holds.
+    assert!(
+        conn.execute(
+            "INSERT INTO invocations (id, function, qualifier, status, policy, enqueued_ns,
+                updated_ns, expires_ns) VALUES ('x', 'f', 'latest', 'bogus', '{}', 1, 1, 1)",
+            [],
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_2_database_is_migrated_to_cheaper_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let policy = |queue: Option<&str>| {
+        serde_json::to_string(&AsyncPolicy {
+            dead_letter_queue: queue.map(str::to_string),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let id = |n: u32| format!("{n:032x}");
+    {
+        // As version 2 wrote them, its triggers counting: a queued, a
+        // running (its attempt stored), a partitioned one blocked behind
+        // it, a succeeded one and a dead letter in a named queue.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::SCHEMA_V1).unwrap();
+        conn.execute_batch(schema::SCHEMA_V2).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        let insert = |n: u32, status: &str, extra: &str, values: &str, queue: Option<&str>| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO invocations (id, function, qualifier, status, policy,
+                        enqueued_ns, updated_ns, expires_ns {extra})
+                     VALUES (?1, 'f', 'latest', ?2, ?3, 1, 2, 9223372036854775807 {values})"
+                ),
+                params![id(n), status, policy(queue)],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO requests (seq, method, path_and_query, headers, body)
+                 VALUES (?1, 'POST', '/', '[]', x'6869')",
+                [conn.last_insert_rowid()],
+            )
+            .unwrap();
+        };
+        insert(1, "queued", ", ready_ns", ", 2", None);
+        insert(
+            2,
+            "running",
+            ", partition_key, lease_token, lease_expires_ns, attempts",
+            r#", 'k', 'token', 9223372036854775807,
+               '[{"started_at":"1970-01-01T00:00:00.000000002Z","finished_at":null,"outcome":"running","error":null}]'"#,
+            None,
+        );
+        insert(
+            3,
+            "queued",
+            ", partition_key, blocked, ready_ns",
+            ", 'k', 1, 2",
+            None,
+        );
+        insert(4, "succeeded", "", "", None);
+        insert(
+            5,
+            "dead",
+            ", dead_letter, attempts",
+            r#", 1, '[{"started_at":"1970-01-01T00:00:00.000000001Z","finished_at":"1970-01-01T00:00:00.000000002Z","outcome":"500","error":"boom"}]'"#,
+            Some("payments"),
+        );
+    }
+    let q = SqliteQueue::open(&path).unwrap();
+    {
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 0);
+        let table: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'invocations'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !table.contains("status IN") && table.contains("status = 'dead'"),
+            "{table}"
+        );
+    }
+    assert_counts_exact(&path);
+    assert_eq!(q.depth(&name("f")).await.unwrap(), 3);
+    // The running one keeps its attempt, now implied by its lease.
+    let running = q.get(&id(2)).await.unwrap().unwrap();
+    assert_eq!(running.attempts.len(), 1);
+    assert_eq!(running.attempts[0].outcome, "running");
+    assert_eq!(
+        running.attempts[0].started_at,
+        DateTime::from_timestamp_nanos(2)
+    );
+    // The dead letter stays in its named queue.
+    let letters = q
+        .dead_letters(None, Some("payments"), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&letters), vec![id(5)]);
+    assert_eq!(letters[0].attempts[0].error.as_deref(), Some("boom"));
+    // Its executor (of the old version) may still record it with the
+    // old token, and only then does the one behind it in the partition run.
+    let old_lease = LeaseToken::new(id(2), "token");
+    assert!(matches!(
+        q.complete(&LeaseToken::new(id(1), "token"), ok(200, ""))
+            .await,
+        Err(QueueError::LeaseLost { .. })
+    ));
+    assert_eq!(ids(&lease_all(&q).await), vec![id(1)]);
+    assert_eq!(
+        q.complete(&old_lease, ok(200, "")).await.unwrap(),
+        Status::Succeeded
+    );
+    let done = q.get(&id(2)).await.unwrap().unwrap();
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0].outcome, "200");
+    assert_eq!(
+        done.attempts[0].started_at,
+        DateTime::from_timestamp_nanos(2)
+    );
+    assert_eq!(ids(&lease_all(&q).await), vec![id(3)]);
+    // A new dead letter goes to its queue too.
+    let named = make_dead_in(&q, "g", "x", Some("payments")).await;
+    let letters = q
+        .dead_letters(None, Some("payments"), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&letters), vec![named, id(5)]);
+    drop(q);
+    assert_counts_exact(&path);
 }

@@ -5,12 +5,22 @@
 //! Callers send a [`Job`] over a bounded channel and wait on a oneshot.
 //! The thread blocks for the first job, then takes whatever else is already
 //! waiting (up to [`MAX_GROUP_WEIGHT`] invocations or [`MAX_GROUP_BYTES`]),
-//! runs each job inside its own savepoint (a failing job is rolled back
-//! alone, never half-written), commits once, and only then answers every
-//! caller. While one group is being synced the next one queues up, so the
-//! group size grows with the load and no caller waits for a timer (the
+//! runs the jobs one after the other, commits once, and only then answers
+//! every caller. While one group is being synced the next one queues up, so
+//! the group size grows with the load and no caller waits for a timer (the
 //! thread only yields its core once per group, to let callers catch up).
+//!
+//! Each call is atomic without a savepoint of its own (savepoints copied
+//! every page a job touched into a sub-journal, a large share of the
+//! writer's time): a job either succeeds, or fails *before writing*
+//! (a lost lease, a full queue, an unknown id: [`QueueError::wrote_nothing`]),
+//! or fails in a way that may have written part of its change (a storage
+//! error, a panic). In the last case the whole group is rolled back, that
+//! job is answered with its error, and the other jobs run again on their
+//! own; jobs are closures that can run more than once, and nothing they
+//! answered before the commit ever reached a caller.
 
+use super::counts::Counts;
 use super::ops;
 use crate::clock::Clock;
 use crate::error::QueueError;
@@ -45,6 +55,8 @@ pub(super) struct Ctx {
     pub retention: Retention,
     pub rng: ThreadRng,
     pub stats: Arc<Stats>,
+    /// `status_counts`, as the writer keeps it.
+    pub counts: Counts,
 }
 
 /// Counters of the writer's work, shared with the queue handle.
@@ -60,53 +72,82 @@ pub(super) struct Stats {
 pub(super) trait Job: Send {
     /// How many invocations it writes, and how many request bytes it carries.
     fn weight(&self) -> (usize, usize);
-    /// Runs inside the group's transaction (in a savepoint of its own) and
-    /// returns what to do once the group's fate is known.
-    fn run(self: Box<Self>, conn: &Connection, ctx: &mut Ctx) -> Box<dyn Done>;
+    /// Runs inside the group's transaction and keeps the result. False if
+    /// it failed in a way that may have written part of its change: the
+    /// group must then be rolled back. May run again after a rollback.
+    fn run(&mut self, conn: &Connection, ctx: &mut Ctx) -> bool;
+    /// Answers the caller: the result of its last run if the group
+    /// committed (or was rolled back because of this job), else the
+    /// commit's error.
+    fn finish(self: Box<Self>, commit: Result<(), &QueueError>);
     /// Answers the caller with `error` without running.
     fn fail(self: Box<Self>, error: QueueError);
 }
 
-/// A job that has run, waiting for its group to commit.
-pub(super) trait Done: Send {
-    /// Answers the caller: its own result if the group committed, else
-    /// the commit's error.
-    fn finish(self: Box<Self>, commit: Result<(), &QueueError>);
-}
-
 /// A closure job answering on a oneshot.
 pub(super) struct Task<T, F> {
-    pub weight: (usize, usize),
-    pub f: F,
-    pub reply: oneshot::Sender<Result<T, QueueError>>,
+    weight: (usize, usize),
+    f: F,
+    reply: oneshot::Sender<Result<T, QueueError>>,
+    result: Option<Result<T, QueueError>>,
 }
 
-struct Finished<T> {
-    result: Result<T, QueueError>,
-    reply: oneshot::Sender<Result<T, QueueError>>,
+impl<T, F> Task<T, F> {
+    pub fn new(
+        weight: (usize, usize),
+        f: F,
+        reply: oneshot::Sender<Result<T, QueueError>>,
+    ) -> Self {
+        Task {
+            weight,
+            f,
+            reply,
+            result: None,
+        }
+    }
 }
 
 impl<T, F> Job for Task<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection, &mut Ctx) -> Result<T, QueueError> + Send + 'static,
+    F: FnMut(&Connection, &mut Ctx) -> Result<T, QueueError> + Send + 'static,
 {
     fn weight(&self) -> (usize, usize) {
         self.weight
     }
 
-    fn run(self: Box<Self>, conn: &Connection, ctx: &mut Ctx) -> Box<dyn Done> {
-        let Task { f, reply, .. } = *self;
-        let result = in_savepoint(conn, || {
-            catch_unwind(AssertUnwindSafe(|| f(conn, ctx))).unwrap_or_else(|_| {
+    fn run(&mut self, conn: &Connection, ctx: &mut Ctx) -> bool {
+        let f = &mut self.f;
+        let (result, clean) = match catch_unwind(AssertUnwindSafe(|| f(conn, ctx))) {
+            Ok(Ok(v)) => (Ok(v), true),
+            Ok(Err(e)) => {
+                let clean = e.wrote_nothing();
+                (Err(e), clean)
+            }
+            Err(_) => {
                 tracing::error!("a queue write panicked; it was rolled back");
-                Err(QueueError::Database(
+                let e = QueueError::Database(
                     "a queue write failed unexpectedly (see the server log); nothing was written"
                         .into(),
-                ))
-            })
-        });
-        Box::new(Finished { result, reply })
+                );
+                (Err(e), false)
+            }
+        };
+        self.result = Some(result);
+        clean
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &QueueError>) {
+        let result = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            // Whatever the job did was rolled back with the group.
+            (Err(e), _) => Err(copy_error(e)),
+            (Ok(()), None) => Err(QueueError::Database(
+                "a queue write was answered without running; nothing was written".into(),
+            )),
+        };
+        // The caller may have stopped waiting; the write stands anyway.
+        let _ = self.reply.send(result);
     }
 
     fn fail(self: Box<Self>, error: QueueError) {
@@ -114,37 +155,10 @@ where
     }
 }
 
-impl<T: Send> Done for Finished<T> {
-    fn finish(self: Box<Self>, commit: Result<(), &QueueError>) {
-        let result = match commit {
-            Ok(()) => self.result,
-            // Whatever the job did was rolled back with the group.
-            Err(e) => Err(copy_error(e)),
-        };
-        // The caller may have stopped waiting; the write stands anyway.
-        let _ = self.reply.send(result);
-    }
-}
-
-/// Runs `f` inside a savepoint, rolled back if `f` fails.
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce() -> Result<T, QueueError>,
-) -> Result<T, QueueError> {
-    // Cached statements: parsing these again for every job is measurable.
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    exec("SAVEPOINT job")?;
-    let result = f();
-    let end = if result.is_ok() {
-        exec("RELEASE job")
-    } else {
-        exec("ROLLBACK TO job").and_then(|_| exec("RELEASE job"))
-    };
-    match (result, end) {
-        (Ok(v), Ok(_)) => Ok(v),
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.into()),
-    }
+/// Runs one of the transaction statements, prepared once.
+fn exec(conn: &Connection, sql: &str) -> Result<(), QueueError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// Checkpoints the write-ahead log from a connection of its own, so the
@@ -255,33 +269,62 @@ pub(super) fn run(mut conn: Connection, mut ctx: Ctx, mut rx: mpsc::Receiver<Box
 }
 
 /// Runs `jobs` in one transaction and answers every caller after it ends.
-fn run_group(conn: &mut Connection, ctx: &mut Ctx, jobs: Vec<Box<dyn Job>>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = QueueError::from(e);
-        for job in jobs {
-            job.fail(copy_error(&e));
-        }
-        return;
-    }
-    let done: Vec<Box<dyn Done>> = jobs.into_iter().map(|job| job.run(conn, ctx)).collect();
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => {
-            ctx.stats.groups.fetch_add(1, Ordering::Relaxed);
-            ctx.stats
-                .jobs
-                .fetch_add(done.len() as u64, Ordering::Relaxed);
-            for d in done {
-                d.finish(Ok(()));
+fn run_group(conn: &mut Connection, ctx: &mut Ctx, mut jobs: Vec<Box<dyn Job>>) {
+    let calls = jobs.len() as u64;
+    loop {
+        if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+            for job in jobs {
+                job.fail(copy_error(&e));
             }
+            return;
         }
-        Err(e) => {
+        let clean: Vec<bool> = jobs.iter_mut().map(|job| job.run(conn, ctx)).collect();
+        if clean.iter().all(|c| *c) {
+            let commit = ctx.counts.flush(conn).and_then(|()| exec(conn, "COMMIT"));
+            match commit {
+                Ok(()) => {
+                    ctx.counts.committed();
+                    ctx.stats.groups.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.jobs.fetch_add(calls, Ordering::Relaxed);
+                    for job in jobs {
+                        job.finish(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "committing a group of queue writes failed");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    ctx.counts.discard();
+                    for job in jobs {
+                        job.finish(Err(&e));
+                    }
+                }
+            }
+            return;
+        }
+        // A job may have written part of its change: roll everything back,
+        // answer it (with its own error; nothing of it stays) and run the
+        // others again without it.
+        ctx.counts.discard();
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
             let e = QueueError::from(e);
-            tracing::error!(error = %e, "committing a group of queue writes failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            for d in done {
-                d.finish(Err(&e));
+            tracing::error!(error = %e, "rolling back a group of queue writes failed");
+            for job in jobs {
+                job.finish(Err(&e));
+            }
+            return;
+        }
+        let mut again = Vec::with_capacity(jobs.len());
+        for (job, clean) in jobs.into_iter().zip(clean) {
+            if clean {
+                again.push(job);
+            } else {
+                job.finish(Ok(()));
             }
         }
+        if again.is_empty() {
+            return;
+        }
+        jobs = again;
     }
 }
 
@@ -289,9 +332,20 @@ fn run_group(conn: &mut Connection, ctx: &mut Ctx, jobs: Vec<Box<dyn Job>>) {
 /// to prune.
 fn prune(conn: &mut Connection, ctx: &mut Ctx) -> Result<bool, QueueError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let more = ops::prune(&tx, ctx)?;
-    tx.commit()?;
-    Ok(more)
+    let pass = ops::prune(&tx, ctx).and_then(|more| {
+        ctx.counts.flush(&tx)?;
+        Ok(more)
+    });
+    let done = pass.and_then(|more| {
+        tx.commit()?;
+        Ok(more)
+    });
+    match &done {
+        Ok(_) => ctx.counts.committed(),
+        // Dropping the transaction rolled it back.
+        Err(_) => ctx.counts.discard(),
+    }
+    done
 }
 
 #[cfg(test)]
