@@ -380,7 +380,8 @@ impl Dispatcher {
                     continue;
                 }
                 for item in leased {
-                    let Some(held) = room.split(1) else { break };
+                    // One unit of room each (the lease took no more than there was).
+                    let held = room.split(1);
                     let (app, running, record) = (app.clone(), running.clone(), record.clone());
                     tokio::spawn(async move {
                         run_one(&app, item, &running, &record).await;
@@ -432,7 +433,16 @@ async fn run_one(
     let Ok(slot) = running.acquire().await else {
         return;
     };
-    let result = execute(app, &item).await;
+    // The outcome is kept for delivery only if the function has a
+    // destination for it (as resolved for this attempt).
+    let (result, on_success, on_failure) = match resolve(app, &item).await {
+        Ok(resolved) => {
+            let policy = &resolved.primary.config.async_policy;
+            let wanted = (policy.on_success.is_some(), policy.on_failure.is_some());
+            (execute(app, &item, &resolved).await, wanted.0, wanted.1)
+        }
+        Err(failed) => (Ok(failed), false, false),
+    };
     drop(slot);
     let lease = item.lease.clone();
     let completion = match result {
@@ -445,8 +455,9 @@ async fn run_one(
         }
     };
     let outcome = match &completion {
-        Completion::Succeeded { response } => Ok(response.clone()),
-        Completion::Failed { error, .. } => Err(error.clone()),
+        Completion::Succeeded { response } if on_success => Some(Ok(response.clone())),
+        Completion::Failed { error, .. } if on_failure => Some(Err(error.clone())),
+        _ => None,
     };
     let (reply, status) = oneshot::channel();
     let recorded = match record.send((lease, completion, reply)) {
@@ -454,7 +465,11 @@ async fn run_one(
         Err(_) => Err(wisp_queue::QueueError::Closed),
     };
     match recorded {
-        Ok(status) => destinations::deliver(app, &item, status, outcome).await,
+        Ok(status) => {
+            if let Some(outcome) = outcome {
+                destinations::deliver(app, &item, status, outcome).await;
+            }
+        }
         Err(e) => {
             tracing::warn!(id = %item.lease.id, error = %e, "could not record an invocation's outcome")
         }
@@ -612,24 +627,37 @@ async fn read_capped(mut body: wisp_core::Body) -> Result<Vec<u8>, String> {
 /// Handing the invocation back without counting an attempt.
 struct Released(Duration);
 
-async fn execute(app: &AppState, item: &Leased) -> Result<Completion, Released> {
-    let failed = |outcome: &str, error: String, retryable: bool| Completion::Failed {
+fn failed(outcome: &str, error: String, retryable: bool) -> Completion {
+    Completion::Failed {
         error,
         outcome: outcome.to_string(),
         retryable,
-    };
+    }
+}
+
+/// What the invocation's qualifier resolves to now, or the failure to
+/// record if it no longer resolves.
+async fn resolve(app: &AppState, item: &Leased) -> Result<wisp_store::Resolved, Completion> {
     let inv = &item.invocation;
     let Ok(qualifier) = inv.qualifier.parse::<Qualifier>() else {
-        return Ok(failed(
+        return Err(failed(
             "invalid",
             format!("`{}` is not a qualifier", inv.qualifier),
             false,
         ));
     };
-    let resolved = match app.store.resolve(&inv.function, &qualifier).await {
-        Ok(r) => r,
-        Err(e) => return Ok(failed("not found", e.to_string(), false)),
-    };
+    app.store
+        .resolve(&inv.function, &qualifier)
+        .await
+        .map_err(|e| failed("not found", e.to_string(), false))
+}
+
+async fn execute(
+    app: &AppState,
+    item: &Leased,
+    resolved: &wisp_store::Resolved,
+) -> Result<Completion, Released> {
+    let inv = &item.invocation;
     let deployment = resolved.pick(rand::random::<f64>()).clone();
     let req = &item.request;
     let mut builder = http::Request::builder()
