@@ -1171,7 +1171,8 @@ fn runs_line(r: &Value) -> String {
     // (date and mode of a run, its sections), in section order.
     let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
     for s in &sections {
-        let run = &runs[*s];
+        // A section asked for in this run has no entry until it has run.
+        let Some(run) = runs.get(*s) else { continue };
         let key = format!(
             "{}{}",
             run["date"].as_str().unwrap_or("?"),

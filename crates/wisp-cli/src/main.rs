@@ -19,6 +19,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use wisp_client::{Client, ClientError};
 
+/// mimalloc rather than the system allocator: see the dependency's note in
+/// `Cargo.toml` (and bench/analysis/throughput.md for the measurement).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run and drive a Wisp server.
 #[derive(Debug, Parser)]
 #[command(name = "wisp", version)]

@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// Milliseconds a request may wait for a slot before a 429
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub queue_timeout_ms: u64,
+    /// Most queued, retrying and running asynchronous invocations per
+    /// function (1 to 1000000); past it new events are refused with 429
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub async_queue_depth: u64,
     /// KiB of each freed instance memory kept resident and reset in place
     /// (faster reuse of the slot; costs at most this much RSS per slot)
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
@@ -74,6 +78,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
     config.max_loaded_mib = args.max_loaded_mib;
     config.queue_depth = args.queue_depth;
     config.queue_timeout = Duration::from_millis(args.queue_timeout_ms);
+    config.async_queue_depth = args.async_queue_depth;
     config.keep_resident_kib = args.keep_resident_kib;
     config.require_token = args.require_token;
     config.cache_dir = args.cache_dir;

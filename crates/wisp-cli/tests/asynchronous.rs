@@ -345,3 +345,97 @@ async fn a_reply_event_is_published_to_the_success_destination() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Posts one asynchronous invocation of `sleep` (1.5 s) and answers the
+/// status, the `Retry-After` header and the JSON body.
+async fn post_sleep(server: &Server, api: &Api) -> (u16, Option<String>, Value) {
+    let res = api
+        .http
+        .post(server.at("/v1/functions/sleep/invocations?path=/%3Fms=1500"))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, res.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_function_queue_refuses_with_429_and_stores_nothing_more() {
+    let server =
+        Server::start_shared_with(env!("CARGO_BIN_EXE_wisp"), &["--async-queue-depth", "3"]);
+    let api = Api::new(&server);
+    // One at a time, so the queue holds what was accepted for a while.
+    api.deploy("sleep", "sleep", json!({"max_concurrency": 1}))
+        .await;
+    api.deploy("hello", "hello", json!({})).await;
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = post_sleep(&server, &api).await;
+        assert_eq!(status, 202, "{body}");
+        accepted.push(body["id"].as_str().unwrap().to_string());
+    }
+    // Past the depth: refused, with a code, an actionable message and a
+    // hint when to retry, through both ingress paths.
+    for _ in 0..20 {
+        let (status, retry_after, body) = post_sleep(&server, &api).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["code"], "throttled", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("sleep") && message.contains("full"),
+            "{message}"
+        );
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    let event = json!({"specversion": "1.0", "id": "e-1", "source": "test", "type": "t"});
+    let res = api
+        .http
+        .post(server.at("/v1/functions/sleep/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    // Refused means not stored: the function's listing holds only the three.
+    let (status, list) = api
+        .send(Method::GET, "/v1/functions/sleep/invocations", None)
+        .await;
+    assert_eq!(status, 200);
+    let mut listed: Vec<String> = list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    accepted.sort();
+    assert_eq!(listed, accepted, "{list}");
+    // The depth is per function: another function is still accepted.
+    let (status, body) = api
+        .send(Method::POST, "/v1/functions/hello/invocations", None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // Once the queue drains there is room again.
+    for id in &accepted {
+        let inv = wait_final(&api, id, Duration::from_secs(30)).await;
+        assert_eq!(inv["status"], "succeeded", "{inv}");
+    }
+    let (status, _, body) = post_sleep(&server, &api).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn the_async_queue_depth_flag_is_checked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args(["server", "--async-queue-depth", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--async-queue-depth"), "{stderr}");
+}

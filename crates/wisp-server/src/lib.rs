@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub queue_depth: u32,
     /// Longest wait for a slot before a 429.
     pub queue_timeout: Duration,
+    /// Most queued, retrying and running asynchronous invocations per
+    /// function; past it an enqueue is refused with 429.
+    pub async_queue_depth: u64,
     /// KiB of each freed instance memory kept resident and reset in place.
     pub keep_resident_kib: usize,
     /// Largest request body forwarded to a function.
@@ -104,6 +107,7 @@ impl ServerConfig {
             max_loaded_mib: defaults.max_loaded_bytes >> 20,
             queue_depth: defaults.queue_depth,
             queue_timeout: defaults.queue_timeout,
+            async_queue_depth: wisp_queue::limits::DEFAULT_MAX_DEPTH_PER_FUNCTION,
             keep_resident_kib: defaults.keep_resident_bytes >> 10,
             max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
             require_token: false,
@@ -231,8 +235,16 @@ pub async fn run(
     });
 
     let queue: Arc<dyn wisp_queue::InvocationQueue> = Arc::new(
-        wisp_queue::sqlite::SqliteQueue::open(data_dir.join("queue.db"))
-            .map_err(|e| ServerError::Queue(e.to_string()))?,
+        wisp_queue::sqlite::SqliteQueue::open_with(
+            data_dir.join("queue.db"),
+            wisp_queue::sqlite::QueueOptions {
+                limits: wisp_queue::QueueLimits {
+                    max_depth_per_function: config.async_queue_depth,
+                },
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ServerError::Queue(e.to_string()))?,
     );
     let needs_token = config.require_token || !config.listen.ip().is_loopback();
     let app = Arc::new_cyclic(|weak: &std::sync::Weak<wisp_api::App>| wisp_api::App {
