@@ -382,3 +382,36 @@ async fn opt_in_instance_reuse_serves_several_requests_per_instance() {
         assert_eq!(api.call("/fn/fresh").await.2.trim(), "1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reusable_instances_give_way_to_a_request_that_needs_capacity() {
+    let server =
+        Server::start_shared_with(BIN, &["--max-instances", "2", "--queue-timeout-ms", "300"]);
+    let api = Api::new(&server);
+    api.deploy("nap", "sleep", json!({"max_requests_per_instance": 100}))
+        .await;
+    api.deploy("hello", "hello", json!({})).await;
+    // Two requests at once: two instances, both kept idle for reuse
+    // afterwards, holding the whole instance capacity.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (api.http.clone(), server.at("/fn/nap?ms=400"));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(
+        server.metric("wisp_instances").await,
+        Some(2.0),
+        "both instances are parked"
+    );
+    // Another function needs an instance: an idle one ends for it rather
+    // than the request waiting out its queue timeout into a 429.
+    let (status, _, body) = api.call("/fn/hello").await;
+    assert_eq!(status, 200, "{body}");
+    // The other idle instance still serves its function.
+    let (status, _, body) = api.call("/fn/nap?ms=1").await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -84,7 +84,31 @@ async fn acquire(
         .ok()
 }
 
+/// Most idle instances ended to make room for one new instance.
+const MAX_EVICTIONS: usize = 16;
+
 impl Inner {
+    /// `permits` of server-wide capacity: at once, else after ending idle
+    /// reusable instances (longest idle first, of any function), else
+    /// after waiting until `deadline`. Idle instances never make a request
+    /// that needs a new instance wait.
+    async fn capacity(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        permits: u32,
+        deadline: tokio::time::Instant,
+    ) -> Option<OwnedSemaphorePermit> {
+        for _ in 0..MAX_EVICTIONS {
+            if let Ok(p) = semaphore.clone().try_acquire_many_owned(permits) {
+                return Some(p);
+            }
+            if !self.pool.evict_idle() {
+                break;
+            }
+        }
+        acquire(semaphore, permits, deadline).await
+    }
+
     /// A concurrency permit of the version: at once, or after a bounded wait
     /// in its queue; `None` means throttle.
     async fn admit(&self, state: &VersionState, wait: Duration) -> Option<OwnedSemaphorePermit> {
@@ -118,12 +142,14 @@ impl Inner {
                 ),
             });
         }
-        let slot = acquire(&self.pool.instances, 1, deadline)
+        let slot = self
+            .capacity(&self.pool.instances, 1, deadline)
             .await
             .ok_or_else(|| InvokeError::Overloaded {
                 resource: "instance".into(),
             })?;
-        let memory = acquire(&self.pool.memory_mib, memory_mib, deadline)
+        let memory = self
+            .capacity(&self.pool.memory_mib, memory_mib, deadline)
             .await
             .ok_or_else(|| InvokeError::Overloaded {
                 resource: "instance memory".into(),

@@ -153,6 +153,33 @@ impl Pool {
         }
     }
 
+    /// Ends the idle reusable instance, of any version, that has waited
+    /// longest, so that its instance slot and memory serve a request that
+    /// needs a new instance. False when no instance is idle.
+    pub(crate) fn evict_idle(&self) -> bool {
+        let oldest = lock(&self.versions)
+            .values()
+            .flat_map(|of_function| of_function.values())
+            .filter_map(|state| {
+                let since = lock(&state.idle).iter().map(|(_, since)| *since).min()?;
+                Some((since, state.clone()))
+            })
+            .min_by_key(|(since, _)| *since);
+        let Some((since, state)) = oldest else {
+            return false;
+        };
+        let evicted = {
+            let mut idle = lock(&state.idle);
+            idle.iter()
+                .position(|(_, t)| *t == since)
+                .map(|i| idle.swap_remove(i).0)
+        };
+        // Dropped outside the lock: the store gives its pool slot back,
+        // then the capacity permits go.
+        drop(evicted);
+        true
+    }
+
     /// Milliseconds since the pool was created (a monotonic clock).
     pub(crate) fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
