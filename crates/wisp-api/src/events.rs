@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use wisp_core::{ErrorBody, ErrorCode, Qualifier, ValidationError};
-use wisp_events::{AttributesReader, Data, Event, EventError};
+use wisp_events::{AttributesReader, Event, EventError};
 use wisp_queue::{NewInvocation, StoredRequest};
 
 /// Largest events request body (a whole batch), in bytes.
@@ -93,7 +93,7 @@ fn invocation_with(
 /// built without a header map.
 fn binary_request(event: &Event) -> StoredRequest {
     let mut headers: Vec<(String, String)> = Vec::with_capacity(8);
-    let mut put = |attribute: &str, value: &str| {
+    wisp_events::for_each_attribute(event, |attribute, value| {
         let name = format!("{}{attribute}", wisp_events::HEADER_PREFIX);
         let value = wisp_events::encode_header_value(value);
         // A header map keeps one value per name, where it was first set.
@@ -101,46 +101,13 @@ fn binary_request(event: &Event) -> StoredRequest {
             Some(slot) => slot.1 = value,
             None => headers.push((name, value)),
         }
-    };
-    put("specversion", "1.0");
-    put("id", event.id());
-    put("source", event.source());
-    put("type", event.ty());
-    if let Some(subject) = event.subject() {
-        put("subject", subject);
-    }
-    if let Some(time) = event.time() {
-        put(
-            "time",
-            &time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        );
-    }
-    if let Some(schema) = event.dataschema() {
-        put("dataschema", schema.as_str());
-    }
-    let mut extensions: Vec<_> = event.iter_extensions().collect();
-    extensions.sort_by_key(|(name, _)| *name);
-    for (name, value) in extensions {
-        put(name, &value.to_string());
-    }
-    let content_type = match (event.datacontenttype(), event.data()) {
-        (Some(ct), _) => Some(ct),
-        (None, Some(Data::Json(_))) => Some("application/json"),
-        _ => None,
-    };
-    if let Some(ct) =
-        content_type.filter(|ct| ct.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
+    });
+    if let Some(ct) = wisp_events::binary_content_type(event)
+        .filter(|ct| ct.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
     {
         headers.push(("content-type".into(), ct.to_string()));
     }
-    let body = match event.data() {
-        None => Vec::new(),
-        Some(Data::Binary(bytes)) => bytes.clone(),
-        Some(Data::String(text)) => text.clone().into_bytes(),
-        Some(Data::Json(value)) => {
-            serde_json::to_vec(value).expect("a serde_json::Value always serializes")
-        }
-    };
+    let body = wisp_events::data_vec(event);
     StoredRequest {
         method: "POST".into(),
         path_and_query: "/".into(),

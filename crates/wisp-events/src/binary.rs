@@ -204,13 +204,22 @@ pub fn to_binary_request(event: &Event, path: &str) -> Request<Bytes> {
 
 /// Write the event's attributes into `headers` the binary-mode way.
 pub(crate) fn write_headers(event: &Event, headers: &mut HeaderMap) {
-    let mut put = |attribute: &str, value: &str| {
+    for_each_attribute(event, |attribute, value| {
         if let Ok(name) = HeaderName::from_bytes(format!("{HEADER_PREFIX}{attribute}").as_bytes()) {
             let value = HeaderValue::from_str(&encode_header_value(value))
                 .expect("percent-encoded values are visible ASCII");
             headers.insert(name, value);
         }
-    };
+    });
+    if let Some(value) = binary_content_type(event).and_then(|ct| HeaderValue::from_str(ct).ok()) {
+        headers.insert(CONTENT_TYPE, value);
+    }
+}
+
+/// Calls `put` with each attribute a binary-mode message carries as a
+/// `ce-` header (name without the prefix, value not yet percent-encoded),
+/// in a fixed order: the context attributes, then extensions by name.
+pub fn for_each_attribute(event: &Event, mut put: impl FnMut(&str, &str)) {
     put("specversion", "1.0");
     put("id", event.id());
     put("source", event.source());
@@ -229,25 +238,31 @@ pub(crate) fn write_headers(event: &Event, headers: &mut HeaderMap) {
     for (name, value) in extensions {
         put(name, &value.to_string());
     }
+}
 
-    let content_type = match (event.datacontenttype(), event.data()) {
+/// The `content-type` of the binary-mode message: `datacontenttype`, else
+/// `application/json` when the data is JSON.
+pub fn binary_content_type(event: &Event) -> Option<&str> {
+    match (event.datacontenttype(), event.data()) {
         (Some(ct), _) => Some(ct),
         (None, Some(Data::Json(_))) => Some("application/json"),
         _ => None,
-    };
-    if let Some(value) = content_type.and_then(|ct| HeaderValue::from_str(ct).ok()) {
-        headers.insert(CONTENT_TYPE, value);
     }
 }
 
 /// The data as bytes: what a binary-mode body carries.
 pub(crate) fn data_bytes(event: &Event) -> Bytes {
+    Bytes::from(data_vec(event))
+}
+
+/// [`data_bytes`] as a vector.
+pub fn data_vec(event: &Event) -> Vec<u8> {
     match event.data() {
-        None => Bytes::new(),
-        Some(Data::Binary(bytes)) => Bytes::from(bytes.clone()),
-        Some(Data::String(text)) => Bytes::from(text.clone().into_bytes()),
+        None => Vec::new(),
+        Some(Data::Binary(bytes)) => bytes.clone(),
+        Some(Data::String(text)) => text.clone().into_bytes(),
         Some(Data::Json(value)) => {
-            Bytes::from(serde_json::to_vec(value).expect("a serde_json::Value always serializes"))
+            serde_json::to_vec(value).expect("a serde_json::Value always serializes")
         }
     }
 }

@@ -63,7 +63,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
 
-pub use binary::{HEADER_PREFIX, decode_header_value, encode_header_value, to_binary_request};
+pub use binary::{
+    HEADER_PREFIX, binary_content_type, data_vec, decode_header_value, encode_header_value,
+    for_each_attribute, to_binary_request,
+};
 pub use cloudevents;
 pub use cloudevents::event::{
     AttributeValue, AttributesReader, AttributesWriter, ExtensionValue, SpecVersion,
