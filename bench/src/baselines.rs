@@ -319,6 +319,11 @@ pub async fn run(ctx: &Ctx) -> Value {
             "url": t.running.url,
             "points": points,
             "peak_rss_mib": crate::util::peak_rss_mib(t.running.pid).map(|v| round(v, 1)),
+            // What the resident set is made of after the last point:
+            // file-backed pages (the server's own code and libraries) and
+            // anonymous memory (heap, stacks, instance memory).
+            "rss_file_mib": crate::util::status_mib(t.running.pid, "RssFile").map(|v| round(v, 1)),
+            "rss_anon_mib": crate::util::status_mib(t.running.pid, "RssAnon").map(|v| round(v, 1)),
         });
         if let Value::Object(info) = t.info {
             for (k, x) in info {

@@ -541,7 +541,12 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
         num(&t["added_p50_us_c1"], 0),
         num(&t["wisp_over_wasmtime_serve_c32"], 2)
     );
-    md.push_str("Peak RSS (`VmHWM`) of each server after all its load points:\n\n| server | peak RSS MiB |\n|---|---|\n");
+    md.push_str(
+        "Peak RSS (`VmHWM`) of each server after all its load points, and what its \
+         resident set was made of at the end: file-backed pages (its own code and \
+         libraries) and anonymous memory (heap, stacks, instance memory):\n\n\
+         | server | peak RSS MiB | file-backed MiB | anonymous MiB |\n|---|---|---|---|\n",
+    );
     for key in [
         "hyper",
         "wasmtime_serve",
@@ -552,9 +557,11 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
         if t["targets"][key]["error"].is_null() {
             let _ = writeln!(
                 md,
-                "| {} | {} |",
+                "| {} | {} | {} | {} |",
                 label(key),
-                num(&t["targets"][key]["peak_rss_mib"], 1)
+                num(&t["targets"][key]["peak_rss_mib"], 1),
+                num(&t["targets"][key]["rss_file_mib"], 1),
+                num(&t["targets"][key]["rss_anon_mib"], 1)
             );
         }
     }

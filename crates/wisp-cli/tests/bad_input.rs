@@ -224,3 +224,37 @@ async fn oversized_uploads_are_413() {
     let (status, _) = api.send(Method::GET, "/v1/health", None).await;
     assert_eq!(status, 200);
 }
+
+/// A body sent without `Content-Length` cannot be refused up front; once it
+/// grows past the limit, the function's read of it fails, and a function
+/// built on `guest-util` answers 400 saying so. The next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_limit_fails_the_functions_read() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("square-stream", "square", json!({})).await;
+    const CHUNK: usize = 1 << 20;
+    let chunks = wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES / CHUNK + 1;
+    let stream =
+        futures_util::stream::iter((0..chunks).map(|_| Ok::<_, std::io::Error>(vec![b' '; CHUNK])));
+    let res = api
+        .http
+        .post(server.at("/fn/square-stream"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    let message = err["error"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot read the request body"), "{err}");
+    let res = api
+        .http
+        .post(server.at("/fn/square-stream"))
+        .body(r#"{"numbers":[3]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), r#"{"squares":[9]}"#);
+}

@@ -17,7 +17,7 @@ use serde_json::json;
 
 fn handle(request: Request) -> Response {
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in &request.headers {
+    for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value);
         headers
             .entry(name.clone())
@@ -39,13 +39,17 @@ fn handle(request: Request) -> Response {
         .iter()
         .filter(|(name, _)| name.starts_with("WISP_"))
         .collect();
+    let body = match request.body() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let reply = json!({
-        "method": request.method,
-        "path": request.path,
-        "query": request.query,
+        "method": request.method(),
+        "path": request.path(),
+        "query": request.query(),
         "headers": headers,
-        "body": String::from_utf8_lossy(&request.body),
-        "body_base64": BASE64.encode(&request.body),
+        "body": String::from_utf8_lossy(body),
+        "body_base64": BASE64.encode(body),
         "env": env,
         "env_all": env_all,
     });

@@ -1,9 +1,8 @@
-//! Shared plumbing for the Wisp example functions: read a whole `wasi:http` request, answer with one complete response.
+//! Shared plumbing for the Wisp example functions: a `wasi:http` request read on demand, one complete response written back.
 //!
 //! Each example is a component of the `wasi:http/proxy` world. It writes one
 //! plain function from [`Request`] to [`Response`] and exports it with
-//! [`export_handler!`], which reads the full request (method, path, query,
-//! headers and body) before calling it and writes the response afterwards:
+//! [`export_handler!`]:
 //!
 //! ```ignore
 //! use guest_util::{Request, Response};
@@ -16,9 +15,16 @@
 //! guest_util::export_handler!(handle);
 //! ```
 //!
+//! Every call across the component boundary costs far more than a function
+//! call, and handing over a string costs a call back into the guest's
+//! allocator, so a [`Request`] asks the host only for what the handler
+//! reads, once: a handler that never looks at the headers or the body does
+//! not pay for them. The response goes out in as few calls as possible.
+//!
 //! The raw bindings stay available as [`wasip2`] for examples that call other
 //! WASI interfaces (clocks, outgoing HTTP, ...).
 
+use std::cell::OnceCell;
 use std::io::Write as _;
 
 use serde::Serialize;
@@ -54,40 +60,128 @@ macro_rules! export_handler {
     };
 }
 
-/// An incoming request, read in full.
-#[derive(Debug, Clone)]
+/// An incoming request. Each part is fetched from the host the first time
+/// it is asked for and kept.
 pub struct Request {
-    /// Method, upper case as sent (`GET`, `POST`, ...).
-    pub method: String,
-    /// Path without the query string; `/` when the host gave none.
-    pub path: String,
-    /// Raw query string without the `?`; empty when there is none.
-    pub query: String,
-    /// Headers in the order received, names in lower case.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The whole body.
-    pub body: Vec<u8>,
+    incoming: IncomingRequest,
+    method: OnceCell<String>,
+    /// Path (`/` when the host gave none) and raw query string.
+    target: OnceCell<(String, String)>,
+    headers: OnceCell<Vec<(String, Vec<u8>)>>,
+    body: OnceCell<Result<Vec<u8>, String>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path", &self.path())
+            .field("query", &self.query())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
+    /// Wraps `incoming`; nothing is read yet.
+    pub fn new(incoming: IncomingRequest) -> Self {
+        Self {
+            incoming,
+            method: OnceCell::new(),
+            target: OnceCell::new(),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+        }
+    }
+
+    /// Method, upper case as sent (`GET`, `POST`, ...).
+    pub fn method(&self) -> &str {
+        self.method
+            .get_or_init(|| method_name(self.incoming.method()))
+    }
+
+    /// Path without the query string; `/` when the host gave none.
+    pub fn path(&self) -> &str {
+        &self.target().0
+    }
+
+    /// Raw query string without the `?`; empty when there is none.
+    pub fn query(&self) -> &str {
+        &self.target().1
+    }
+
+    fn target(&self) -> &(String, String) {
+        self.target.get_or_init(|| {
+            let path_with_query = self.incoming.path_with_query().unwrap_or_default();
+            let (path, query) = path_with_query
+                .split_once('?')
+                .unwrap_or((&path_with_query, ""));
+            let path = if path.is_empty() { "/" } else { path };
+            (path.to_owned(), query.to_owned())
+        })
+    }
+
+    /// Headers in the order received, names in lower case.
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        self.headers.get_or_init(|| {
+            self.incoming
+                .headers()
+                .entries()
+                .into_iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value))
+                .collect()
+        })
+    }
+
+    /// All values of header `name` (case-insensitive), joined with `", "`.
+    /// Asks the host for that one header unless all were read already.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<Vec<u8>> = match self.headers.get() {
+            Some(headers) => headers
+                .iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.clone())
+                .collect(),
+            None => self.incoming.headers().get(&name.to_ascii_lowercase()),
+        };
+        (!values.is_empty()).then(|| {
+            values
+                .iter()
+                .map(|value| String::from_utf8_lossy(value))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
     /// The first value of query parameter `name`, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        parse_query(&self.query)
+        parse_query(self.query())
             .into_iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value)
     }
 
-    /// All values of header `name` (case-insensitive), joined with `", "`.
-    pub fn header(&self, name: &str) -> Option<String> {
-        let values: Vec<String> = self
-            .headers
-            .iter()
-            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-            .collect();
-        (!values.is_empty()).then(|| values.join(", "))
+    /// The whole body, read on first use. A body that cannot be read gives
+    /// the 400 response to send instead, so a handler can write
+    /// `let body = match request.body() { Ok(b) => b, Err(r) => return r };`.
+    pub fn body(&self) -> Result<&[u8], Response> {
+        match self.body.get_or_init(|| read_body(&self.incoming)) {
+            Ok(bytes) => Ok(bytes),
+            Err(err) => Err(unreadable_body(err)),
+        }
     }
+
+    /// The whole body, owned; see [`Request::body`].
+    pub fn into_body(self) -> Result<Vec<u8>, Response> {
+        let read = match self.body.into_inner() {
+            Some(read) => read,
+            None => read_body(&self.incoming),
+        };
+        read.map_err(|err| unreadable_body(&err))
+    }
+}
+
+fn unreadable_body(err: &str) -> Response {
+    Response::error(400, format!("cannot read the request body: {err}"))
 }
 
 /// A complete response: status, headers and body.
@@ -196,46 +290,15 @@ fn hex_pair(high: u8, low: u8) -> Option<u8> {
     u8::try_from(digit(high)? * 16 + digit(low)?).ok()
 }
 
-/// Reads `request` in full, calls `handler` and sends its response.
-///
-/// A request whose body cannot be read gets a 400 without calling `handler`.
-/// Used by [`export_handler!`].
+/// Calls `handler` with `request` and sends its response. The request is
+/// dropped before the response goes out. Used by [`export_handler!`].
 pub fn serve(
     request: IncomingRequest,
     response_out: ResponseOutparam,
     handler: impl FnOnce(Request) -> Response,
 ) {
-    let response = match read_request(&request) {
-        Ok(request) => handler(request),
-        Err(err) => Response::error(400, format!("cannot read the request: {err}")),
-    };
-    drop(request);
+    let response = handler(Request::new(request));
     send(response_out, response);
-}
-
-/// Reads method, path, query, headers and the whole body of `request`.
-pub fn read_request(request: &IncomingRequest) -> Result<Request, String> {
-    let method = method_name(request.method());
-    let path_with_query = request.path_with_query().unwrap_or_default();
-    let (path, query) = path_with_query
-        .split_once('?')
-        .unwrap_or((&path_with_query, ""));
-    let path = if path.is_empty() { "/" } else { path }.to_owned();
-    let query = query.to_owned();
-    let headers = request
-        .headers()
-        .entries()
-        .into_iter()
-        .map(|(name, value)| (name.to_ascii_lowercase(), value))
-        .collect();
-    let body = read_body(request)?;
-    Ok(Request {
-        method,
-        path,
-        query,
-        headers,
-        body,
-    })
 }
 
 fn method_name(method: Method) -> String {
@@ -274,28 +337,40 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Bodies up to this size go out in one `blocking-write-and-flush`, the
+/// most that call accepts.
+const ONE_WRITE_BYTES: usize = 4096;
+
 /// Sends `response` through `response_out`, body and all.
 ///
+/// Every host call costs a trip through the component boundary, so this
+/// makes as few as it can: the headers in one `from-list`, no status call
+/// for 200 (the default), and a small body in one write that also flushes.
 /// A header or status the host refuses is a bug in the example, so it panics
 /// (a trap); a body the client stops reading is given up quietly.
 pub fn send(response_out: ResponseOutparam, response: Response) {
-    let headers = Fields::new();
-    for (name, value) in &response.headers {
-        if let Err(err) = headers.append(name, value.as_bytes()) {
-            panic!("the host refused response header {name}: {err:?}");
-        }
-    }
+    let entries: Vec<(String, Vec<u8>)> = response
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    let headers = match Fields::from_list(&entries) {
+        Ok(headers) => headers,
+        Err(err) => panic!("the host refused the response headers {entries:?}: {err:?}"),
+    };
     let outgoing = OutgoingResponse::new(headers);
-    if outgoing.set_status_code(response.status).is_err() {
+    if response.status != 200 && outgoing.set_status_code(response.status).is_err() {
         panic!("the host refused status code {}", response.status);
     }
     let body = outgoing
         .body()
         .expect("the response body is taken only once");
     ResponseOutparam::set(response_out, Ok(outgoing));
-    {
+    if !response.body.is_empty() {
         let mut stream = body.write().expect("the body stream is taken only once");
-        if stream.write_all(&response.body).is_ok() {
+        if response.body.len() <= ONE_WRITE_BYTES {
+            let _ = stream.blocking_write_and_flush(&response.body);
+        } else if stream.write_all(&response.body).is_ok() {
             let _ = stream.blocking_flush();
         }
     }

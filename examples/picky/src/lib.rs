@@ -12,15 +12,20 @@ use guest_util::{Request, Response};
 const POISON: &[u8] = b"poison";
 
 fn handle(request: Request) -> Response {
-    if request.body.windows(POISON.len()).any(|w| w == POISON) {
+    let content_type = request.header("content-type");
+    let body = match request.into_body() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if body.windows(POISON.len()).any(|w| w == POISON) {
         eprintln!("picky: the body contains `poison`; failing");
         return Response::error(500, "poisoned");
     }
     let mut response = Response::new(200);
-    if let Some(content_type) = request.header("content-type") {
+    if let Some(content_type) = content_type {
         response = response.header("content-type", content_type);
     }
-    response.body(request.body)
+    response.body(body)
 }
 
 guest_util::export_handler!(handle);

@@ -11,13 +11,17 @@ fn handle(request: Request) -> Response {
     let id = request
         .header("ce-id")
         .map_or_else(|| "reply".to_string(), |id| format!("reply-to-{id}"));
+    let body = match request.into_body() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     Response::new(200)
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
         .header("ce-source", "/examples/reply")
         .header("ce-type", "com.example.reply")
         .header("content-type", "text/plain")
-        .body(request.body)
+        .body(body)
 }
 
 guest_util::export_handler!(handle);

@@ -12,14 +12,18 @@ use guest_util::{Request, Response};
 use serde_json::{Number, Value, json};
 
 fn handle(request: Request) -> Response {
-    if request.method != "POST" {
+    if request.method() != "POST" {
         return Response::error(
             405,
-            format!("method {} not allowed: use POST", request.method),
+            format!("method {} not allowed: use POST", request.method()),
         )
         .header("allow", "POST");
     }
-    match squares(&request.body) {
+    let body = match request.body() {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match squares(body) {
         Ok(squares) => Response::json(200, &json!({ "squares": squares })),
         Err(message) => Response::error(400, message),
     }
