@@ -5,6 +5,7 @@
 //! invoked function answered with a non-2xx status), 2 for usage and
 //! connection errors.
 
+mod alloc;
 mod commands;
 mod config;
 mod deploy;
@@ -22,7 +23,7 @@ use wisp_client::{Client, ClientError};
 /// mimalloc rather than the system allocator: see the dependency's note in
 /// `Cargo.toml` (and bench/analysis/throughput.md for the measurement).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::MiMalloc = alloc::MiMalloc;
 
 /// Run and drive a Wisp server.
 #[derive(Debug, Parser)]
