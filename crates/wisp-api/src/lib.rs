@@ -8,7 +8,9 @@
 //!
 //! ```no_run
 //! # fn demo(app: wisp_api::AppState) {
-//! let router: axum::Router = wisp_api::router(app);
+//! let router: axum::Router = wisp_api::router(app.clone());
+//! // Or, with the data plane ahead of the router, for `axum::serve`:
+//! let surface = wisp_api::Surface::new(app).into_make_service();
 //! # }
 //! ```
 
@@ -176,6 +178,60 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The whole HTTP surface as one service, the data plane first: a request
+/// under `/fn/` goes straight to [`dataplane::invoke`], the rest through
+/// [`router`] (which routes `/fn/` the same way). The invocation path skips
+/// the router's matching, parameter extraction and boxing.
+#[derive(Clone)]
+pub struct Surface {
+    app: AppState,
+    router: Router,
+}
+
+impl Surface {
+    /// The surface of `app`.
+    pub fn new(app: AppState) -> Self {
+        Surface {
+            router: router(app.clone()),
+            app,
+        }
+    }
+
+    /// For `axum::serve`: every connection gets a clone.
+    pub fn into_make_service(self) -> tower::make::Shared<Self> {
+        tower::make::Shared::new(self)
+    }
+}
+
+/// Whether a path is the data plane's: `/fn/` and a target after it.
+fn is_data_plane(path: &str) -> bool {
+    path.len() > "/fn/".len() && path.starts_with("/fn/")
+}
+
+impl tower::Service<Request> for Surface {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if is_data_plane(req.uri().path()) {
+            let app = self.app.clone();
+            Box::pin(async move { Ok(dataplane::invoke(axum::extract::State(app), req).await) })
+        } else {
+            Box::pin(tower::Service::call(&mut self.router, req))
+        }
+    }
+}
+
 /// The whole HTTP surface: control API, health, metrics, OpenAPI and data
 /// plane. Health and metrics are open; the control API needs the token.
 pub fn router(app: AppState) -> Router {
@@ -201,4 +257,20 @@ pub fn router(app: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_plane;
+
+    #[test]
+    fn only_data_plane_paths_with_a_target_skip_the_router() {
+        assert!(is_data_plane("/fn/hello"));
+        assert!(is_data_plane("/fn/hello:2/a/b"));
+        // No target: the router's 404, as before.
+        assert!(!is_data_plane("/fn/"));
+        assert!(!is_data_plane("/fn"));
+        assert!(!is_data_plane("/fnx/hello"));
+        assert!(!is_data_plane("/v1/functions/hello"));
+    }
 }

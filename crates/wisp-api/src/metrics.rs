@@ -609,7 +609,7 @@ impl Collector for Scrape {
         self.histogram(
             enc,
             "wisp_instantiate_duration",
-            "Time spent creating an instance from the loaded component (pooling allocator and copy-on-write memory image), for requests that created one.",
+            "Time spent creating an instance from the loaded component (pooling allocator and copy-on-write memory image), for requests that created one on their path (not for instances made ahead of a busy version's next request).",
             |m| &m.instantiate,
         )?;
         self.per_label_counter(

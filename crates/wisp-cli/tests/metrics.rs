@@ -173,8 +173,11 @@ async fn metrics_count_invocations_failures_and_cold_starts() {
         assert_eq!(v("faas_init_duration_seconds_count", f), 1.0, "{f}: {text}");
     }
     assert_eq!(v("faas_invoke_duration_seconds_count", "hello"), 3.0);
-    // A fresh instance per request: three instantiations for three requests.
-    assert_eq!(v("wisp_instantiate_duration_seconds_count", "hello"), 3.0);
+    // A fresh instance per request, each instantiated on the request's path
+    // (the first two) or made ahead once the version is busy (the third,
+    // unless its instance was not ready yet): not counted then.
+    let instantiated = v("wisp_instantiate_duration_seconds_count", "hello");
+    assert!((2.0..=3.0).contains(&instantiated), "{text}");
     assert_eq!(v("faas_invoke_duration_seconds_count", "panic"), 2.0);
     let inf = m.get(
         "faas_invoke_duration_seconds_bucket",

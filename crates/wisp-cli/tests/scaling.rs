@@ -415,3 +415,101 @@ async fn idle_reusable_instances_give_way_to_a_request_that_needs_capacity() {
     let (status, _, body) = api.call("/fn/nap?ms=1").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Requests of `function` that instantiated an instance on their own path.
+async fn instantiated_on_path(server: &Server, function: &str) -> f64 {
+    server
+        .metric(&format!(
+            "wisp_instantiate_duration_seconds_count{{function=\"{function}\",version=\"latest\"}}"
+        ))
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_version_gets_its_next_fresh_instance_made_ahead() {
+    let server = Server::start_shared_with(BIN, &["--idle-timeout", "2"]);
+    let api = Api::new(&server);
+    api.deploy("busy", "counter", json!({"memory_mib": 32}))
+        .await;
+    const N: usize = 10;
+    for i in 0..N {
+        let (status, _, body) = api.call("/fn/busy").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body.trim(),
+            "1",
+            "request {i}: every request gets an instance no request used before"
+        );
+        // The instance that served it no longer counts, although it may
+        // still be torn down; at most the one made ahead does.
+        assert_eq!(
+            server
+                .metric("wisp_concurrency_in_use{function=\"busy\",version=\"latest\"}")
+                .await,
+            Some(0.0)
+        );
+        assert!(server.metric("wisp_instances").await.unwrap() <= 1.0);
+        assert!(server.metric("wisp_instance_memory_bytes").await.unwrap() <= (32 << 20) as f64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first two requests make the version busy; later ones find their
+    // instance made, so instantiating is off their path.
+    let on_path = instantiated_on_path(&server, "busy").await;
+    assert!(
+        on_path >= 2.0 && on_path < (N / 2) as f64,
+        "{on_path} of {N} requests instantiated on their path"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            server.metric("wisp_instances").await == Some(1.0)
+        })
+        .await,
+        "the instance made ahead waits for the next request"
+    );
+
+    // A changed memory limit is never served by an instance made with the
+    // old one: the next two requests make their own, and one more ahead.
+    let (status, _) = api
+        .send(
+            reqwest::Method::PATCH,
+            "/v1/functions/busy",
+            Some(json!({"memory_mib": 48})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let (status, _, body) = api.call("/fn/busy").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), "1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            server.metric("wisp_instance_memory_bytes").await == Some((80 << 20) as f64)
+        })
+        .await,
+        "one instance made ahead with each limit"
+    );
+    // Made ahead but unused: ended with the idle instances.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            server.metric("wisp_instances").await == Some(0.0)
+        })
+        .await,
+        "unused instances made ahead are ended when idle"
+    );
+
+    // An instance made ahead sees the context of the request it serves.
+    api.deploy("echoes", "echo", json!({})).await;
+    for _ in 0..4 {
+        let (status, headers, body) = api.call("/fn/echoes").await;
+        assert_eq!(status, 200, "{body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        let id = headers["x-wisp-request-id"].to_str().unwrap();
+        assert_eq!(seen["env"]["WISP_REQUEST_ID"], id);
+        assert_eq!(seen["headers"]["x-wisp-request-id"], id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(instantiated_on_path(&server, "echoes").await < 4.0);
+}

@@ -4,7 +4,7 @@
 
 use crate::capture::Capture;
 use crate::host::{DenyOutbound, Host, MemoryLimiter, RequestContext};
-use crate::pool::{LiveInstance, Queued, Spare, VersionState};
+use crate::pool::{Counted, LiveInstance, Loaded, Queued, Spare, VersionState};
 use crate::{Inner, Runtime};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -84,6 +84,18 @@ async fn acquire(
         .ok()
 }
 
+/// What an instance was made from: its component's digest, the loaded
+/// component, and that component's last-use clock.
+type MadeFrom = (
+    wisp_core::Digest,
+    Arc<Loaded>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
+/// Longest a request needing capacity waits, past its own deadline, for
+/// instances that are being torn down to give theirs back.
+const TEARDOWN_GRACE: Duration = Duration::from_millis(100);
+
 /// Most idle instances ended to make room for one new instance.
 const MAX_EVICTIONS: usize = 16;
 
@@ -106,6 +118,14 @@ impl Inner {
                 break;
             }
         }
+        // An instance done with but still being torn down frees its
+        // capacity within moments: it is waited for even past the deadline
+        // (a queue timeout of 0 must not refuse a request for it).
+        let deadline = if self.pool.tearing_down() {
+            deadline.max(tokio::time::Instant::now() + TEARDOWN_GRACE)
+        } else {
+            deadline
+        };
         acquire(semaphore, permits, deadline).await
     }
 
@@ -130,6 +150,7 @@ impl Inner {
     async fn new_instance(
         &self,
         d: &Deployment,
+        loaded: Arc<Loaded>,
         component_used: Arc<std::sync::atomic::AtomicU64>,
         deadline: tokio::time::Instant,
     ) -> Result<LiveInstance, InvokeError> {
@@ -154,6 +175,19 @@ impl Inner {
             .ok_or_else(|| InvokeError::Overloaded {
                 resource: "instance memory".into(),
             })?;
+        Ok(self.build_instance(d, loaded, component_used, slot, memory))
+    }
+
+    /// A store for an instance whose capacity is held.
+    fn build_instance(
+        &self,
+        d: &Deployment,
+        loaded: Arc<Loaded>,
+        component_used: Arc<std::sync::atomic::AtomicU64>,
+        slot: OwnedSemaphorePermit,
+        memory: OwnedSemaphorePermit,
+    ) -> LiveInstance {
+        let memory_mib = d.config.memory_mib;
         let Spare {
             mut host,
             stdout,
@@ -168,17 +202,66 @@ impl Inner {
         // Every epoch tick a running guest yields to the executor, so a CPU
         // loop cannot hold a worker thread and the timeout can stop it.
         store.epoch_deadline_async_yield_and_update(1);
-        Ok(LiveInstance {
+        LiveInstance {
             store,
             proxy: None,
+            loaded,
             served: 0,
             digest: d.code_digest.clone(),
+            memory_mib,
             component_used,
             stdout,
             stderr,
             _slot: slot,
             _memory: memory,
-        })
+            counted: Some(Counted::new(&self.pool.census, memory_mib)),
+        }
+    }
+
+    /// Makes the next instance of a busy version before its next request
+    /// arrives, so that request finds it instantiated: only with capacity
+    /// free now (it never waits, nor ends another instance for it), and
+    /// under the function's timeout. It waits with the idle instances,
+    /// which a request needing capacity may end, and is ended unused after
+    /// [`crate::pool::PREMADE_IDLE_MS`].
+    async fn premake(&self, state: &VersionState, d: &Arc<Deployment>, made_from: MadeFrom) {
+        let (digest, loaded, component_used) = made_from;
+        if !state.busy() || state.has_idle(&digest, d.config.memory_mib) || digest != d.code_digest
+        {
+            return;
+        }
+        let memory_mib = d.config.memory_mib;
+        let Ok(slot) = self.pool.instances.clone().try_acquire_owned() else {
+            return;
+        };
+        let Ok(memory) = self
+            .pool
+            .memory_mib
+            .clone()
+            .try_acquire_many_owned(memory_mib)
+        else {
+            return;
+        };
+        let mut instance = self.build_instance(d, loaded, component_used, slot, memory);
+        instance.store.data_mut().context = RequestContext {
+            deployment: Some(d.clone()),
+            request_id: String::new(),
+        };
+        instance.store.set_epoch_deadline(1);
+        let timeout = Duration::from_millis(d.config.timeout_ms);
+        let made = {
+            let LiveInstance { store, loaded, .. } = &mut instance;
+            tokio::time::timeout(timeout, loaded.pre.instantiate_async(&mut *store)).await
+        };
+        match made {
+            Ok(Ok(proxy)) if !instance.store.data().limiter.exceeded => {
+                instance.proxy = Some(proxy);
+                instance.stdout.take();
+                instance.stderr.take();
+                state.put_idle(instance, self.pool.now());
+            }
+            _ => self.retire(instance),
+        }
     }
 
     /// Host state for a new instance: captured stdout/stderr, no preopens,
@@ -222,8 +305,10 @@ impl Inner {
             stderr,
             _slot,
             _memory,
+            counted,
             ..
         } = instance;
+        drop(counted);
         let mut host = store.into_data();
         drop((_slot, _memory));
         host.table = ResourceTable::new();
@@ -267,11 +352,11 @@ impl Inner {
         // what it was made from. Otherwise the component is loaded (on
         // first use) and a new instance made.
         let deadline;
-        let (mut instance, loaded) = match state.take_idle(&deployment.code_digest) {
+        let mut instance = match state.take_idle(&deployment.code_digest, config.memory_mib) {
             Some(i) => {
                 i.component_used.store(self.pool.now(), Ordering::Relaxed);
                 deadline = tokio::time::Instant::now() + timeout;
-                (i, None)
+                i
             }
             None => {
                 let (loaded, component_used) =
@@ -287,10 +372,10 @@ impl Inner {
                 deadline = tokio::time::Instant::now() + timeout;
                 let capacity_deadline = tokio::time::Instant::now() + wait;
                 match self
-                    .new_instance(&deployment, component_used, capacity_deadline)
+                    .new_instance(&deployment, loaded, component_used, capacity_deadline)
                     .await
                 {
-                    Ok(i) => (i, Some(loaded)),
+                    Ok(i) => i,
                     Err(e) => return Err(pending.fail(&self, e)),
                 }
             }
@@ -353,16 +438,17 @@ impl Inner {
         // its body) goes on in a task of its own.
         let run = async move {
             let result = {
-                let LiveInstance { store, proxy, .. } = &mut instance;
+                let LiveInstance {
+                    store,
+                    proxy,
+                    loaded,
+                    ..
+                } = &mut instance;
                 let instantiated = &mut pending.instantiate_duration;
                 let run = async {
                     if proxy.is_none() {
                         let started = Instant::now();
-                        let pre = &loaded
-                            .as_ref()
-                            .expect("a new instance has its component")
-                            .pre;
-                        *proxy = Some(pre.instantiate_async(&mut *store).await?);
+                        *proxy = Some(loaded.pre.instantiate_async(&mut *store).await?);
                         *instantiated = Some(started.elapsed());
                     }
                     let proxy = proxy.as_ref().expect("instantiated above");
@@ -395,19 +481,41 @@ impl Inner {
             pending.request_id = context.request_id;
             instance.served += 1;
             // Only an instance that finished cleanly may serve again.
-            if matches!(outcome, InvocationOutcome::Completed { .. })
-                && instance.served < reuse_limit
-            {
+            let completed = matches!(outcome, InvocationOutcome::Completed { .. });
+            let done = if completed && instance.served < reuse_limit {
                 state.put_idle(instance, inner.pool.now());
+                None
             } else {
-                inner.retire(instance);
-            }
+                // Done with as the gauges see it; torn down below.
+                instance.counted = None;
+                Some(instance)
+            };
             drop(function_permit);
             let failure = match &outcome {
                 InvocationOutcome::Failed(e) => Some(e.clone()),
                 InvocationOutcome::Completed { .. } => None,
             };
+            let deployment = pending.deployment.clone();
             pending.finish(&inner, outcome, stdout, stderr);
+            if let Some(instance) = done {
+                // With the response head out, the request's task returns
+                // it before the store is torn down (resetting its memory
+                // is the costliest part of an instance's life after
+                // instantiation); this part goes on in a task of its own.
+                if status.load(Ordering::SeqCst) != 0 {
+                    YieldOnce(false).await;
+                }
+                let made_from = (
+                    instance.digest.clone(),
+                    instance.loaded.clone(),
+                    instance.component_used.clone(),
+                );
+                inner.retire(instance);
+                // A failing function gets no capacity ahead of its requests.
+                if completed {
+                    inner.premake(&state, &deployment, made_from).await;
+                }
+            }
             failure
         };
         let mut run = Detached(Some(Box::pin(run)));
@@ -464,6 +572,23 @@ impl Inner {
             .await
             .map(drop)
             .map_err(|message| InvokeError::Unavailable { message })
+    }
+}
+
+/// Pending once, then ready: lets the task that polls it hand back what it
+/// has (the response) before the rest runs.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

@@ -42,13 +42,57 @@ pub(crate) struct Spare {
     pub(crate) stderr: Capture,
 }
 
+/// Instances alive as the gauges report them. An instance stops counting
+/// when it is done with, which is before its store is torn down: teardown
+/// may happen after the response has left, and a scrape right after a
+/// response sees the instance gone.
+#[derive(Default)]
+pub(crate) struct Census {
+    instances: AtomicU64,
+    memory_mib: AtomicU64,
+}
+
+/// One instance's place in the [`Census`], given up when dropped.
+pub(crate) struct Counted {
+    census: Arc<Census>,
+    memory_mib: u32,
+}
+
+impl Counted {
+    pub(crate) fn new(census: &Arc<Census>, memory_mib: u32) -> Self {
+        census.instances.fetch_add(1, Ordering::SeqCst);
+        census
+            .memory_mib
+            .fetch_add(memory_mib as u64, Ordering::SeqCst);
+        Counted {
+            census: census.clone(),
+            memory_mib,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.census.instances.fetch_sub(1, Ordering::SeqCst);
+        self.census
+            .memory_mib
+            .fetch_sub(self.memory_mib as u64, Ordering::SeqCst);
+    }
+}
+
 /// An instantiated component and the capacity it holds.
 pub(crate) struct LiveInstance {
     pub(crate) store: Store<Host>,
-    /// `None` until the first request instantiates it.
+    /// `None` until the first request instantiates it (or it is made ahead
+    /// of its first request, for a busy version).
     pub(crate) proxy: Option<Proxy>,
+    /// The component it is (or will be) instantiated from.
+    pub(crate) loaded: Arc<Loaded>,
     pub(crate) served: u32,
     pub(crate) digest: Digest,
+    /// The memory limit it was made with: an instance serves only requests
+    /// of the same limit.
+    pub(crate) memory_mib: u32,
     /// Last use of the component it was made from: reusing the instance
     /// counts as using the component.
     pub(crate) component_used: Arc<AtomicU64>,
@@ -56,6 +100,8 @@ pub(crate) struct LiveInstance {
     pub(crate) stderr: Capture,
     pub(crate) _slot: OwnedSemaphorePermit,
     pub(crate) _memory: OwnedSemaphorePermit,
+    /// Taken when the instance is done with (see [`Census`]).
+    pub(crate) counted: Option<Counted>,
 }
 
 /// Admission and idle instances of one version.
@@ -65,14 +111,47 @@ pub(crate) struct VersionState {
     pub(crate) queued: AtomicU64,
     idle: Mutex<Vec<(LiveInstance, u64)>>,
     last_used: AtomicU64,
+    /// When the request before the last one came, and how many came: a
+    /// version with two requests within [`BUSY_WITHIN_MS`] is busy.
+    before_last: AtomicU64,
+    requests: AtomicU64,
 }
 
+/// Two requests of a version this close together (ms) make it busy: when
+/// it retires a fresh instance, the next one is made ahead of the next
+/// request.
+pub(crate) const BUSY_WITHIN_MS: u64 = 1000;
+
+/// An instance made ahead of a request and not used is ended after this
+/// long (ms), or after the idle timeout if that is shorter.
+pub(crate) const PREMADE_IDLE_MS: u64 = 30_000;
+
 impl VersionState {
-    /// An idle instance of `digest` to reuse, if any.
-    pub(crate) fn take_idle(&self, digest: &Digest) -> Option<LiveInstance> {
+    /// An idle instance of `digest` with `memory_mib`, to reuse (or to use
+    /// first, when it was made ahead), if any.
+    pub(crate) fn take_idle(&self, digest: &Digest, memory_mib: u32) -> Option<LiveInstance> {
         let mut idle = lock(&self.idle);
-        let i = idle.iter().rposition(|(inst, _)| inst.digest == *digest)?;
+        let i = idle
+            .iter()
+            .rposition(|(inst, _)| inst.digest == *digest && inst.memory_mib == memory_mib)?;
         Some(idle.swap_remove(i).0)
+    }
+
+    /// Whether an instance of `digest` with `memory_mib` is waiting.
+    pub(crate) fn has_idle(&self, digest: &Digest, memory_mib: u32) -> bool {
+        lock(&self.idle)
+            .iter()
+            .any(|(inst, _)| inst.digest == *digest && inst.memory_mib == memory_mib)
+    }
+
+    /// Whether the last two requests came within [`BUSY_WITHIN_MS`].
+    pub(crate) fn busy(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) >= 2
+            && self
+                .last_used
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.before_last.load(Ordering::Relaxed))
+                <= BUSY_WITHIN_MS
     }
 
     /// Keeps an instance for the next request.
@@ -110,6 +189,8 @@ pub(crate) struct Pool {
     versions: Mutex<HashMap<FunctionName, HashMap<VersionId, Arc<VersionState>>>>,
     /// Host state of retired fresh instances, to build the next ones from.
     spares: Mutex<Vec<Spare>>,
+    /// What the instance gauges report.
+    pub(crate) census: Arc<Census>,
     pub(crate) instances: Arc<Semaphore>,
     pub(crate) memory_mib: Arc<Semaphore>,
     max_instances: u32,
@@ -129,6 +210,7 @@ impl Pool {
             pinned: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             spares: Mutex::new(Vec::new()),
+            census: Arc::default(),
             instances: Arc::new(Semaphore::new(max_instances as usize)),
             memory_mib: Arc::new(Semaphore::new(max_memory_mib as usize)),
             max_instances,
@@ -185,6 +267,13 @@ impl Pool {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Whether an instance that no longer counts still holds its
+    /// capacity (its store is being torn down).
+    pub(crate) fn tearing_down(&self) -> bool {
+        let held = self.max_instances as u64 - self.instances.available_permits() as u64;
+        held > self.census.instances.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn max_memory_mib(&self) -> u32 {
         self.max_memory_mib
     }
@@ -222,7 +311,9 @@ impl Pool {
         if state.limit != limit {
             *state = new_state(limit);
         }
-        state.last_used.store(now, Ordering::Relaxed);
+        let before = state.last_used.swap(now, Ordering::Relaxed);
+        state.before_last.store(before, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
         state.clone()
     }
 
@@ -349,6 +440,7 @@ impl Pool {
     pub(crate) fn sweep(&self) {
         let now = self.now();
         let idle = |t: u64| now.saturating_sub(t) >= self.idle_ms;
+        let premade_idle = |t: u64| now.saturating_sub(t) >= self.idle_ms.min(PREMADE_IDLE_MS);
         let pinned = self.pinned_digests();
         lock(&self.loaded).retain(|digest, slot| {
             pinned.contains(digest)
@@ -357,7 +449,9 @@ impl Pool {
         });
         lock(&self.versions).retain(|_, of_function| {
             of_function.retain(|_, state| {
-                lock(&state.idle).retain(|(_, since)| !idle(*since));
+                lock(&state.idle).retain(|(instance, since)| {
+                    !idle(*since) && (instance.served > 0 || !premade_idle(*since))
+                });
                 let busy = state.in_use() > 0
                     || state.queued.load(Ordering::Relaxed) > 0
                     || !lock(&state.idle).is_empty();
@@ -392,11 +486,11 @@ impl Pool {
             })
             .collect();
         versions.sort_by(|a, b| (&a.function, a.version).cmp(&(&b.function, b.version)));
-        let used_mib = self.max_memory_mib as u64 - self.memory_mib.available_permits() as u64;
+        let used_mib = self.census.memory_mib.load(Ordering::SeqCst);
         RuntimeSnapshot {
             loaded_components,
             loaded_bytes,
-            instances: self.max_instances as u64 - self.instances.available_permits() as u64,
+            instances: self.census.instances.load(Ordering::SeqCst),
             instance_memory_bytes: used_mib * 1024 * 1024,
             versions,
         }
@@ -410,6 +504,8 @@ fn new_state(limit: u32) -> Arc<VersionState> {
         queued: AtomicU64::new(0),
         idle: Mutex::new(Vec::new()),
         last_used: AtomicU64::new(0),
+        before_last: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
     })
 }
 

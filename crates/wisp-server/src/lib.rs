@@ -299,10 +299,11 @@ pub async fn run(
     });
     let mut graceful = stop_rx.clone();
     let app_for_stop = app.clone();
-    let serve = axum::serve(listener, wisp_api::router(app)).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|stop| *stop).await;
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    });
+    let serve = axum::serve(listener, wisp_api::Surface::new(app).into_make_service())
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        });
     let mut deadline = stop_rx;
     let grace = config.grace_period;
     let result = tokio::select! {
