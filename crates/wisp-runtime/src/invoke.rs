@@ -84,13 +84,9 @@ async fn acquire(
         .ok()
 }
 
-/// What an instance was made from: its component's digest, the loaded
-/// component, and that component's last-use clock.
-type MadeFrom = (
-    wisp_core::Digest,
-    Arc<Loaded>,
-    Arc<std::sync::atomic::AtomicU64>,
-);
+/// What an instance was made from: the loaded component and that
+/// component's last-use clock.
+type MadeFrom = (Arc<Loaded>, Arc<std::sync::atomic::AtomicU64>);
 
 /// Longest a request needing capacity waits, past its own deadline, for
 /// instances that are being torn down to give theirs back.
@@ -225,9 +221,8 @@ impl Inner {
     /// which a request needing capacity may end, and is ended unused after
     /// [`crate::pool::PREMADE_IDLE_MS`].
     async fn premake(&self, state: &VersionState, d: &Arc<Deployment>, made_from: MadeFrom) {
-        let (digest, loaded, component_used) = made_from;
-        if !state.busy() || state.has_idle(&digest, d.config.memory_mib) || digest != d.code_digest
-        {
+        let (loaded, component_used) = made_from;
+        if !state.busy() || state.has_idle(&d.code_digest, d.config.memory_mib) {
             return;
         }
         let memory_mib = d.config.memory_mib;
@@ -503,13 +498,10 @@ impl Inner {
                 // is the costliest part of an instance's life after
                 // instantiation); this part goes on in a task of its own.
                 if status.load(Ordering::SeqCst) != 0 {
-                    YieldOnce(false).await;
+                    tokio::task::yield_now().await;
                 }
-                let made_from = (
-                    instance.digest.clone(),
-                    instance.loaded.clone(),
-                    instance.component_used.clone(),
-                );
+                // The instance was made from this deployment's component.
+                let made_from = (instance.loaded.clone(), instance.component_used.clone());
                 inner.retire(instance);
                 // A failing function gets no capacity ahead of its requests.
                 if completed {
@@ -572,23 +564,6 @@ impl Inner {
             .await
             .map(drop)
             .map_err(|message| InvokeError::Unavailable { message })
-    }
-}
-
-/// Pending once, then ready: lets the task that polls it hand back what it
-/// has (the response) before the rest runs.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
