@@ -94,6 +94,11 @@ impl From<PrepareError> for ApiError {
                 ErrorCode::InvalidComponent,
                 format!("the upload is not a runnable wasi:http component: {m}"),
             ),
+            PrepareError::CompileLimit(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::CompileLimitExceeded,
+                m,
+            ),
             PrepareError::Internal(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, m)
             }

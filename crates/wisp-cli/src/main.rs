@@ -48,10 +48,24 @@ struct Cli {
     command: Command,
 }
 
+/// The hidden subcommand the server runs to compile in a child process.
+const COMPILE_COMMAND: &str = "compile-component";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: control API, data plane and runtime in one process
     Server(server::ServerArgs),
+    /// Compile a component read from stdin (the server runs this itself,
+    /// in a child process, for every upload it compiles)
+    #[command(name = COMPILE_COMMAND, hide = true)]
+    CompileComponent {
+        /// Where to write the compiled form
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Most memory, in MiB, the compile may use
+        #[arg(long, value_name = "MIB")]
+        memory_limit_mib: u64,
+    },
     /// Upload a component and create a function running it
     Create(CreateArgs),
     /// Change a function's code or configuration (only the given fields)
@@ -262,6 +276,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => return server::run(args),
+        Command::CompileComponent {
+            out,
+            memory_limit_mib,
+        } => {
+            return ExitCode::from(wisp_server::compile::child_main(
+                &out,
+                memory_limit_mib,
+                wisp_core::limits::MAX_ARTIFACT_BYTES,
+            ));
+        }
         command => run_client(cli.server, cli.token, cli.json, command),
     };
     match result {
@@ -316,7 +340,7 @@ fn run_client(
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode, Failure> {
     use commands as c;
     match command {
-        Command::Server(_) => unreachable!("handled in main"),
+        Command::Server(_) | Command::CompileComponent { .. } => unreachable!("handled in main"),
         Command::Create(args) => c::create(ctx, args).await?,
         Command::Update(args) => c::update(ctx, args).await?,
         Command::Get { target } => c::get(ctx, &target).await?,

@@ -49,12 +49,43 @@ pub struct ServerArgs {
     /// (faster reuse of the slot; costs at most this much RSS per slot)
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
     pub keep_resident_kib: usize,
+    /// Most memory, in MiB, one compile of an uploaded component may use
+    /// (components are compiled in a child process; 16 to 1048576)
+    #[arg(long, value_name = "MIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub compile_memory_mib: u64,
+    /// Seconds one compile of an uploaded component may take (1 to 3600)
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub compile_timeout_secs: u64,
     /// Where compiled code is cached [default: DATA_DIR/compiled]
     #[arg(long, env = "WISP_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Require the bearer token even on a loopback address
     #[arg(long)]
     pub require_token: bool,
+}
+
+/// Components are compiled by this same binary in a child process
+/// (`wisp compile-component`), so the compiler's memory never joins the
+/// server's and a compiler failure cannot end the server.
+fn compiler(memory_limit_mib: u64, timeout_secs: u64) -> wisp_server::compile::Compiler {
+    use wisp_server::compile::{ChildCompiler, Compiler};
+    let program = match wisp_server::compile::this_binary() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("wisp: cannot open this program ({e}); compiling in the server process");
+            return Compiler::InProcess;
+        }
+    };
+    Compiler::Child(ChildCompiler {
+        program,
+        args: vec![crate::COMPILE_COMMAND.into()],
+        memory_limit_mib,
+        // mimalloc reserves address space 1 GiB at a time, which the
+        // child's data-size limit would count as used: take it in small
+        // steps so that the limit measures what the compiler uses.
+        env: vec![("MIMALLOC_ARENA_RESERVE".into(), "8MiB".into())],
+        timeout: Duration::from_secs(timeout_secs),
+    })
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -82,6 +113,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
     config.keep_resident_kib = args.keep_resident_kib;
     config.require_token = args.require_token;
     config.cache_dir = args.cache_dir;
+    config.compiler = compiler(args.compile_memory_mib, args.compile_timeout_secs);
 
     if args.require_token || !args.listen.ip().is_loopback() {
         eprintln!(

@@ -260,3 +260,169 @@ async fn a_streamed_body_over_the_limit_fails_the_functions_read() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), r#"{"squares":[9]}"#);
 }
+
+/// A valid component whose compile needs far more memory than hello's: one
+/// core module of `functions` functions, each a long chain of arithmetic.
+/// It exports nothing, so a server that compiles it refuses it at the link
+/// check (400), not for the compiler's limit.
+fn costly_component(functions: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, Component, Function, FunctionSection, Module, ModuleSection, TypeSection,
+        ValType,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]);
+    let mut funcs = FunctionSection::new();
+    let mut code = CodeSection::new();
+    for _ in 0..functions {
+        funcs.function(0);
+        let mut f = Function::new([]);
+        let mut body = f.instructions();
+        body.local_get(0);
+        for i in 0..2000 {
+            body.i32_const(i).i32_add().local_get(0).i32_mul();
+        }
+        body.end();
+        code.function(&f);
+    }
+    let mut module = Module::new();
+    module.section(&types).section(&funcs).section(&code);
+    let mut component = Component::new();
+    component.section(&ModuleSection(&module));
+    component.finish()
+}
+
+/// Components are compiled in a child process under a memory limit: a
+/// compile over it fails that upload with 422 and leaves nothing behind,
+/// and the server goes on serving and compiling. The same component under
+/// the default limit compiles, and is refused only for what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_over_the_memory_limit_is_refused_and_the_server_goes_on() {
+    let costly = costly_component(400);
+    let limited = Server::start_with(env!("CARGO_BIN_EXE_wisp"), &["--compile-memory-mib", "16"]);
+    refused_for_a_compile_limit(
+        &limited,
+        costly.clone(),
+        &["16 MiB", "--compile-memory-mib"],
+    )
+    .await;
+    // The server is still up, and still compiles what fits.
+    let (status, body) = upload(&limited, example_bytes("hello")).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, err) = upload(&limited, example_bytes("hello")[..200].to_vec()).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "invalid_component", "{err}");
+
+    let unlimited = Server::start(env!("CARGO_BIN_EXE_wisp"));
+    let (status, err) = upload(&unlimited, costly).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "invalid_component", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("wasi:http/incoming-handler"),
+        "{err}"
+    );
+}
+/// A compile that runs past `--compile-timeout-secs` fails its upload with
+/// 422, and its compiler process is ended rather than left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_past_its_deadline_is_refused_and_the_compiler_ended() {
+    // About ten times the deadline to compile on this machine.
+    let costly = costly_component(2000);
+    let server = Server::start_with(env!("CARGO_BIN_EXE_wisp"), &["--compile-timeout-secs", "1"]);
+    refused_for_a_compile_limit(
+        &server,
+        costly,
+        &["longer than 1 s", "--compile-timeout-secs"],
+    )
+    .await;
+    // The killed compiler is reaped within moments; no child of the server
+    // keeps compiling (unkilled, it would run for several seconds more).
+    let mut children = live_children(server.pid());
+    for _ in 0..40 {
+        if children.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        children = live_children(server.pid());
+    }
+    assert!(
+        children.is_empty(),
+        "compiler processes left running: {children:?}"
+    );
+    let (status, body) = upload(&server, example_bytes("hello")).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// A server whose binary is removed while it runs (as an upgrade in place
+/// does) still compiles uploads, with the binary it is running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_binary_was_removed_still_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("wisp");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_wisp"), &bin).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_wisp"), &bin).unwrap();
+    }
+    let server = Server::start(&bin);
+    std::fs::remove_file(&bin).unwrap();
+    let (status, body) = upload(&server, example_bytes("hello")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(walk(&server.data_dir.join("compiled")), 1);
+}
+
+/// Uploads `bytes` and checks that it is refused with 422
+/// `compile_limit_exceeded`, with a message naming each of `needles`, and
+/// that nothing of it is left in the artifact store or compiled cache.
+async fn refused_for_a_compile_limit(server: &Server, bytes: Vec<u8>, needles: &[&str]) {
+    let (status, err) = upload(server, bytes).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["code"], "compile_limit_exceeded", "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(needles.iter().all(|n| message.contains(n)), "{message}");
+    assert_eq!(
+        artifact_files(server),
+        0,
+        "a refused upload left an artifact"
+    );
+    assert_eq!(
+        walk(&server.data_dir.join("compiled")),
+        0,
+        "a refused compile left files in the compiled cache"
+    );
+}
+
+/// Uploads an artifact: the status and the JSON body.
+async fn upload(server: &Server, bytes: Vec<u8>) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(server.at("/v1/artifacts"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// Pids of the running (not zombie) child processes of `parent`.
+fn live_children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the `(comm)` field: state, then the parent's pid.
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = rest.next().unwrap_or("Z");
+            let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(parent) && state != "Z"
+        })
+        .collect()
+}

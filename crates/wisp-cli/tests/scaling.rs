@@ -282,12 +282,32 @@ async fn min_instances_keep_a_version_warm_across_idle_and_restarts() {
         1.0,
         "warm is loaded at deploy, cold is not"
     );
+    let instances = || async { server.metric("wisp_instances").await.unwrap() };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            instances().await == 1.0
+        })
+        .await,
+        "warm's first instance is made ahead at deploy (and none for cold)"
+    );
+    // Idle well past the idle timeout, the instance made ahead stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        instances().await,
+        1.0,
+        "the warm instance outlived the idle timeout"
+    );
     let (status, _, _) = api.call("/fn/warm").await;
     assert_eq!(status, 200);
     assert_eq!(
         cold_starts(&api, "warm").await,
         0,
         "the first request was warm"
+    );
+    assert_eq!(
+        instantiated_on_path(&server, "warm").await,
+        0.0,
+        "the first request found its instance made"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -310,8 +330,16 @@ async fn min_instances_keep_a_version_warm_across_idle_and_restarts() {
         .await,
         "warm versions are loaded again at start"
     );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            server.metric("wisp_instances").await == Some(1.0)
+        })
+        .await,
+        "and their first instance made again"
+    );
     api.call("/fn/warm").await;
     assert_eq!(cold_starts(&api, "warm").await, 0);
+    assert_eq!(instantiated_on_path(&server, "warm").await, 0.0);
 
     // Turning it off lets it scale to zero.
     let (status, _) = api
@@ -324,7 +352,7 @@ async fn min_instances_keep_a_version_warm_across_idle_and_restarts() {
     assert_eq!(status, 200);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            loaded(&server).await == 0.0
+            loaded(&server).await == 0.0 && server.metric("wisp_instances").await == Some(0.0)
         })
         .await
     );
@@ -381,6 +409,32 @@ async fn opt_in_instance_reuse_serves_several_requests_per_instance() {
     for _ in 0..3 {
         assert_eq!(api.call("/fn/fresh").await.2.trim(), "1");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_is_free_for_the_next_request_once_its_response_ends() {
+    // The handler goes on for a while after finishing its body: the
+    // response ends only when it returns, so each next request finds the
+    // instance idle (chunked, and with a declared length).
+    let server = Server::start_shared(BIN);
+    let api = Api::new(&server);
+    api.deploy(
+        "lingering",
+        "counter",
+        json!({"max_requests_per_instance": 100}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for declare in [0, 1] {
+        for _ in 0..3 {
+            let path = format!("/fn/lingering?linger_ms=300&declare_length={declare}");
+            let (status, headers, body) = api.call(&path).await;
+            assert_eq!(status, 200);
+            assert_eq!(headers.contains_key("content-length"), declare == 1);
+            seen.push(body.trim().to_string());
+        }
+    }
+    assert_eq!(seen, ["1", "2", "3", "4", "5", "6"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,9 @@ pub enum ErrorCode {
     InvalidField,
     /// The uploaded bytes are not a usable `wasi:http/proxy` component.
     InvalidComponent,
+    /// Compiling the uploaded component needed more memory or time than
+    /// the server's compiler may use.
+    CompileLimitExceeded,
     /// The request body is over a documented limit.
     PayloadTooLarge,
     /// A bearer token is required or the one given is wrong.

@@ -122,6 +122,9 @@ pub enum PrepareError {
     /// Not a valid component, or not one Wisp can run.
     #[error("{0}")]
     Invalid(String),
+    /// Compiling it needed more memory or time than the compiler may use.
+    #[error("{0}")]
+    CompileLimit(String),
     /// Wisp could not compile or cache it for a reason of its own.
     #[error("could not prepare the component: {0}")]
     Internal(String),

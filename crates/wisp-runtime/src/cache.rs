@@ -4,7 +4,6 @@
 
 use crate::RuntimeError;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -23,6 +22,7 @@ impl CompiledCache {
             path: dir.clone(),
             source,
         })?;
+        remove_stale_temp_files(&dir, STALE_TEMP_AGE);
         Ok(CompiledCache { dir })
     }
 
@@ -53,29 +53,111 @@ impl CompiledCache {
 
     /// Writes the compiled form atomically (temp file, fsync, rename).
     pub(crate) fn store(&self, digest: &Digest, component: &Component) -> std::io::Result<()> {
-        let path = self.path(digest);
-        if path.exists() {
+        if self.path(digest).exists() {
             return Ok(());
         }
         let bytes = component
             .serialize()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", digest.hex(), rand_suffix()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
+        let tmp = self.temp_file(digest);
+        crate::compile::write_synced(tmp.path(), &bytes)?;
+        self.install(tmp, digest)
+    }
+
+    /// A new temporary file name in the cache for `digest`'s compiled
+    /// form, removed when dropped unless [`CompiledCache::install`]ed.
+    pub(crate) fn temp_file(&self, digest: &Digest) -> TempFile {
+        TempFile(
+            self.dir
+                .join(format!(".{}.{}.tmp", digest.hex(), rand_suffix())),
+        )
+    }
+
+    /// Moves a written (and synced) temporary file into place, atomically.
+    pub(crate) fn install(&self, tmp: TempFile, digest: &Digest) -> std::io::Result<()> {
+        std::fs::rename(tmp.path(), self.path(digest))
+    }
+}
+
+/// Age past which a temporary file in the cache is an interrupted write
+/// (a server that crashed mid-compile): twice the longest compile allowed.
+/// Younger ones may belong to another server sharing the directory.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
+/// Removes the temporary files in `dir` older than `age`.
+fn remove_stale_temp_files(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed an interrupted compile's file");
+        }
+    }
+}
+
+/// A temporary file in the cache directory, removed when dropped (after an
+/// install there is nothing left to remove).
+pub(crate) struct TempFile(PathBuf);
+
+impl TempFile {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
 fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{SystemTime, UNIX_EPOCH};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{nanos}-{n}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, age_secs: u64| {
+            let path = dir.path().join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            f.set_modified(then).unwrap();
+            path
+        };
+        let stale = write(".abc.1-2-3.tmp", 3 * 3600);
+        let fresh = write(".abc.4-5-6.tmp", 60);
+        let compiled = write("abc.cwasm", 3 * 3600);
+        remove_stale_temp_files(dir.path(), STALE_TEMP_AGE);
+        assert!(
+            !stale.exists(),
+            "an interrupted write older than the limit is removed"
+        );
+        assert!(fresh.exists(), "a write that may be in progress is kept");
+        assert!(compiled.exists(), "compiled code is never removed");
+    }
 }

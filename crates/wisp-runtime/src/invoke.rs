@@ -3,6 +3,7 @@
 //! and the record that reports how it went.
 
 use crate::capture::Capture;
+use crate::held_end::HeldEnd;
 use crate::host::{DenyOutbound, Host, MemoryLimiter, RequestContext};
 use crate::pool::{Counted, LiveInstance, Loaded, Queued, Spare, VersionState};
 use crate::{Inner, Runtime};
@@ -214,15 +215,22 @@ impl Inner {
         }
     }
 
-    /// Makes the next instance of a busy version before its next request
-    /// arrives, so that request finds it instantiated: only with capacity
-    /// free now (it never waits, nor ends another instance for it), and
-    /// under the function's timeout. It waits with the idle instances,
-    /// which a request needing capacity may end, and is ended unused after
-    /// [`crate::pool::PREMADE_IDLE_MS`].
-    async fn premake(&self, state: &VersionState, d: &Arc<Deployment>, made_from: MadeFrom) {
+    /// Makes the next instance of a busy version (or, `always`, of any)
+    /// before its next request arrives, so that request finds it
+    /// instantiated: only with capacity free now (it never waits, nor ends
+    /// another instance for it), and under the function's timeout. It waits
+    /// with the idle instances, which a request needing capacity may end,
+    /// and is ended unused after [`crate::pool::PREMADE_IDLE_MS`] unless
+    /// its version is kept warm (`min_instances`).
+    async fn premake(
+        &self,
+        state: &VersionState,
+        d: &Arc<Deployment>,
+        made_from: MadeFrom,
+        always: bool,
+    ) {
         let (loaded, component_used) = made_from;
-        if !state.busy() || state.has_idle(&d.code_digest, d.config.memory_mib) {
+        if !(always || state.busy()) || state.has_idle(&d.code_digest, d.config.memory_mib) {
             return;
         }
         let memory_mib = d.config.memory_mib;
@@ -428,6 +436,14 @@ impl Inner {
         let reuse_limit = config.max_requests_per_instance;
         let memory_mib = config.memory_mib;
         let timeout_ms = config.timeout_ms;
+        // An instance that may serve again holds its response's end until
+        // it is back with the idle ones (see [`HeldEnd`]).
+        let (release, released) = if reuse_limit > 1 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         // The whole invocation, to its record. It runs on this task until
         // the response head is set; a guest still running then (streaming
         // its body) goes on in a task of its own.
@@ -485,6 +501,7 @@ impl Inner {
                 instance.counted = None;
                 Some(instance)
             };
+            drop(release);
             drop(function_permit);
             let failure = match &outcome {
                 InvocationOutcome::Failed(e) => Some(e.clone()),
@@ -505,7 +522,7 @@ impl Inner {
                 inner.retire(instance);
                 // A failing function gets no capacity ahead of its requests.
                 if completed {
-                    inner.premake(&state, &deployment, made_from).await;
+                    inner.premake(&state, &deployment, made_from, false).await;
                 }
             }
             failure
@@ -532,7 +549,14 @@ impl Inner {
                 // A guest still running streams the rest of its body from a
                 // task of its own.
                 run.detach();
-                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+                let (head, body) = response.into_parts();
+                let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                // (An invocation that ended here has released its instance.)
+                let body = match released.filter(|_| ended.is_none()) {
+                    Some(released) => HeldEnd::new(body, &head.headers, released).boxed_unsync(),
+                    None => body,
+                };
+                Ok(http::Response::from_parts(head, body))
             }
             Ok(Err(code)) => {
                 run.detach();
@@ -551,7 +575,9 @@ impl Inner {
         }
     }
 
-    /// Pins or unpins a version per its `min_instances`, loading it now.
+    /// Pins or unpins a version per its `min_instances`, loading it now
+    /// and making its first instance ahead (kept until a request takes
+    /// it), so that its first request finds it instantiated.
     async fn warm(self: Arc<Self>, d: Arc<Deployment>) -> Result<(), InvokeError> {
         let key = (d.function.clone(), d.version);
         if d.config.min_instances == 0 {
@@ -559,11 +585,17 @@ impl Inner {
             return Ok(());
         }
         self.pool.pin(key, Some(d.code_digest.clone()));
-        self.pool
+        let (loaded, used, _) = self
+            .pool
             .load(&self, &d.code_digest)
             .await
-            .map(drop)
-            .map_err(|message| InvokeError::Unavailable { message })
+            .map_err(|message| InvokeError::Unavailable { message })?;
+        let state = self
+            .pool
+            .version(&d.function, d.version, d.config.max_concurrency);
+        state.end_premade_unlike(&d.code_digest, d.config.memory_mib);
+        self.premake(&state, &d, (loaded, used), true).await;
+        Ok(())
     }
 }
 

@@ -20,6 +20,8 @@
 
 mod cache;
 mod capture;
+pub mod compile;
+mod held_end;
 mod host;
 mod invoke;
 mod pool;
@@ -30,8 +32,10 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wisp_core::PrepareError as PE;
 use wisp_core::{ArtifactSource, BoxFuture, Digest, InvocationSink, PrepareError, Preparer};
 
+pub use compile::{ChildCompiler, Compiler};
 pub use host::Host;
 
 /// Errors setting up the runtime.
@@ -77,6 +81,8 @@ pub struct RuntimeConfig {
     /// Bytes of each freed linear memory kept resident and reset in place
     /// rather than returned to the kernel.
     pub keep_resident_bytes: usize,
+    /// Where components are compiled: in this process, or in a child.
+    pub compiler: Compiler,
 }
 
 impl RuntimeConfig {
@@ -94,6 +100,7 @@ impl RuntimeConfig {
             queue_depth: 100,
             queue_timeout: Duration::from_secs(1),
             keep_resident_bytes: 4 << 20,
+            compiler: Compiler::InProcess,
         }
     }
 }
@@ -106,6 +113,9 @@ pub(crate) struct Inner {
     sink: Arc<dyn InvocationSink>,
     pool: pool::Pool,
     config: RuntimeConfig,
+    /// Compiles at once: one per core, so that a burst of deploys queues
+    /// rather than running a compiler (and its memory) per upload.
+    compiles: tokio::sync::Semaphore,
 }
 
 /// The wasmtime runtime. Cheap to clone.
@@ -137,12 +147,8 @@ fn engine_config(max_instances: u32, keep_resident: usize) -> Config {
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(64 << 10)
         .pagemap_scan(wasmtime::Enabled::Auto);
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .epoch_interruption(true)
-        .memory_init_cow(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let mut config = compile::base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 
@@ -190,6 +196,9 @@ impl Runtime {
             sink,
             pool: pool::Pool::new(&config),
             config: config.clone(),
+            compiles: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         });
         start_epoch_ticker(Arc::downgrade(&inner), config.epoch_tick);
         pool::start_sweeper(Arc::downgrade(&inner));
@@ -227,26 +236,85 @@ fn is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// The checks that need no compiler: is this a component at all.
+fn check_header(bytes: &[u8]) -> Result<(), PrepareError> {
+    if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
+        return Err(PE::Invalid(
+            "not a WebAssembly binary (it does not start with \\0asm)".into(),
+        ));
+    }
+    if is_core_module(bytes) {
+        return Err(PE::Invalid(
+            "this is a core WebAssembly module, not a component; build for the \
+             wasm32-wasip2 target or wrap it with `wasm-tools component new`"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs blocking work (file reads, mapping compiled code, linking) off the
+/// async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PrepareError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PE::Internal(format!("a runtime task failed: {e}")))
+}
+
 impl Inner {
-    /// Compiles, links and checks the proxy world: everything that can be
-    /// known about a component without running it.
-    fn compile(&self, bytes: &[u8]) -> Result<(Component, ProxyPre<Host>), PrepareError> {
-        if bytes.len() < 8 || bytes[..4] != *b"\0asm" {
-            return Err(PrepareError::Invalid(
-                "not a WebAssembly binary (it does not start with \\0asm)".into(),
-            ));
+    /// Compiles `bytes` (which validates them) with the configured
+    /// [`Compiler`] and puts the compiled form in the cache.
+    async fn compile_into_cache(
+        self: &Arc<Self>,
+        digest: &Digest,
+        bytes: bytes::Bytes,
+    ) -> Result<Component, PrepareError> {
+        check_header(&bytes)?;
+        let _turn = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| PE::Internal("the runtime is shutting down".into()))?;
+        let (me, d) = (self.clone(), digest.clone());
+        match &self.config.compiler {
+            Compiler::InProcess => {
+                blocking(move || {
+                    let component = Component::new(&me.engine, &bytes)
+                        .map_err(|e| PE::Invalid(format!("invalid component: {e:#}")))?;
+                    me.cache
+                        .store(&d, &component)
+                        .map_err(|e| PE::Internal(format!("caching the compiled code: {e}")))?;
+                    Ok(component)
+                })
+                .await?
+            }
+            Compiler::Child(child) => {
+                let out = self.cache.temp_file(digest);
+                compile::in_child(child, bytes, out.path())
+                    .await
+                    .map_err(|e| match e {
+                        compile::ChildError::Invalid(m) => PE::Invalid(m),
+                        e @ (compile::ChildError::OutOfMemory { .. }
+                        | compile::ChildError::Timeout(_)) => PE::CompileLimit(e.to_string()),
+                        e @ compile::ChildError::Failed(_) => PE::Internal(e.to_string()),
+                    })?;
+                blocking(move || {
+                    me.cache
+                        .install(out, &d)
+                        .map_err(|e| PE::Internal(format!("caching the compiled code: {e}")))?;
+                    me.cache.load(&me.engine, &d).ok_or_else(|| {
+                        PE::Internal(
+                            "the compiler process wrote code this server cannot load \
+                             (see the server log)"
+                                .into(),
+                        )
+                    })
+                })
+                .await?
+            }
         }
-        if is_core_module(bytes) {
-            return Err(PrepareError::Invalid(
-                "this is a core WebAssembly module, not a component; build for the \
-                 wasm32-wasip2 target or wrap it with `wasm-tools component new`"
-                    .into(),
-            ));
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PrepareError::Invalid(format!("invalid component: {e:#}")))?;
-        let pre = self.link(&component).map_err(PrepareError::Invalid)?;
-        Ok((component, pre))
     }
 
     fn link(&self, component: &Component) -> Result<ProxyPre<Host>, String> {
@@ -262,27 +330,37 @@ impl Inner {
         })
     }
 
-    /// Loads a component from the compiled cache when present, else by
-    /// compiling the artifact (and caching it). Blocking.
-    fn load_blocking(&self, digest: &Digest) -> Result<pool::Loaded, String> {
-        let component = match self.cache.load(&self.engine, digest) {
+    /// The compiled component of `digest` from the cache, if it has it.
+    async fn cached(self: &Arc<Self>, digest: &Digest) -> Result<Option<Component>, PrepareError> {
+        let (me, d) = (self.clone(), digest.clone());
+        blocking(move || me.cache.load(&me.engine, &d)).await
+    }
+
+    /// The compiled component from the cache, or compiled from its
+    /// artifact (and cached) when the cache does not have it; then linked.
+    async fn load(self: Arc<Self>, digest: Digest) -> Result<pool::Loaded, String> {
+        let cached = self.cached(&digest).await.map_err(|e| e.to_string())?;
+        let component = match cached {
             Some(component) => component,
             None => {
-                let bytes = self
-                    .artifacts
-                    .read(digest)
+                let (me, d) = (self.clone(), digest.clone());
+                let bytes = blocking(move || me.artifacts.read(&d))
+                    .await
+                    .map_err(|e| e.to_string())?
                     .map_err(|e| format!("cannot read artifact {digest}: {e}"))?;
-                let (component, _) = self.compile(&bytes).map_err(|e| e.to_string())?;
-                if let Err(e) = self.cache.store(digest, &component) {
-                    tracing::warn!(%digest, error = %e, "could not cache compiled component");
-                }
-                component
+                self.compile_into_cache(&digest, bytes.into())
+                    .await
+                    .map_err(|e| e.to_string())?
             }
         };
-        let range = component.image_range();
-        let bytes = (range.end as usize).saturating_sub(range.start as usize);
-        let pre = self.link(&component)?;
-        Ok(pool::Loaded { pre, bytes })
+        blocking(move || {
+            let range = component.image_range();
+            let bytes = (range.end as usize).saturating_sub(range.start as usize);
+            let pre = self.link(&component)?;
+            Ok(pool::Loaded { pre, bytes })
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 }
 
@@ -294,23 +372,13 @@ impl Preparer for Runtime {
     ) -> BoxFuture<'_, Result<(), PrepareError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                // Compiled before by this engine build: it was validated
-                // then; only the link check depends on this server.
-                if let Some(component) = inner.cache.load(&inner.engine, &digest) {
-                    return inner
-                        .link(&component)
-                        .map(drop)
-                        .map_err(PrepareError::Invalid);
-                }
-                let (component, _pre) = inner.compile(&bytes)?;
-                inner
-                    .cache
-                    .store(&digest, &component)
-                    .map_err(|e| PrepareError::Internal(format!("caching the compiled code: {e}")))
-            })
-            .await
-            .map_err(|e| PrepareError::Internal(format!("compile task failed: {e}")))?
+            // Compiled before by this engine build: it was validated then;
+            // only the link check depends on this server.
+            let component = match inner.cached(&digest).await? {
+                Some(component) => component,
+                None => inner.compile_into_cache(&digest, bytes).await?,
+            };
+            blocking(move || inner.link(&component).map(drop).map_err(PE::Invalid)).await?
         })
     }
 }

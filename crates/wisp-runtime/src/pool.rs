@@ -128,13 +128,27 @@ pub(crate) const PREMADE_IDLE_MS: u64 = 30_000;
 
 impl VersionState {
     /// An idle instance of `digest` with `memory_mib`, to reuse (or to use
-    /// first, when it was made ahead), if any.
+    /// first, when it was made ahead), if any: the one used last, before
+    /// any made ahead, so that requests in sequence go on with the same
+    /// instance and an instance made ahead stays for a request that finds
+    /// none.
     pub(crate) fn take_idle(&self, digest: &Digest, memory_mib: u32) -> Option<LiveInstance> {
         let mut idle = lock(&self.idle);
+        let fits = |inst: &LiveInstance| inst.digest == *digest && inst.memory_mib == memory_mib;
         let i = idle
             .iter()
-            .rposition(|(inst, _)| inst.digest == *digest && inst.memory_mib == memory_mib)?;
-        Some(idle.swap_remove(i).0)
+            .rposition(|(inst, _)| fits(inst) && inst.served > 0)
+            .or_else(|| idle.iter().rposition(|(inst, _)| fits(inst)))?;
+        // In order: the last one is the one used last.
+        Some(idle.remove(i).0)
+    }
+
+    /// Ends the instances made ahead (never used) that a request with
+    /// `digest` and `memory_mib` could not take.
+    pub(crate) fn end_premade_unlike(&self, digest: &Digest, memory_mib: u32) {
+        lock(&self.idle).retain(|(inst, _)| {
+            inst.served > 0 || (inst.digest == *digest && inst.memory_mib == memory_mib)
+        });
     }
 
     /// Whether an instance of `digest` with `memory_mib` is waiting.
@@ -346,12 +360,7 @@ impl Pool {
             .cell
             .get_or_init(|| async {
                 let started = Instant::now();
-                let worker = inner.clone();
-                let d = digest.clone();
-                let result = tokio::task::spawn_blocking(move || worker.load_blocking(&d))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("loading task failed: {e}")))
-                    .map(Arc::new);
+                let result = inner.clone().load(digest.clone()).await.map(Arc::new);
                 took = Some(started.elapsed());
                 result
             })
@@ -447,10 +456,16 @@ impl Pool {
                 || !slot.cell.initialized()
                 || !idle(slot.last_used.load(Ordering::Relaxed))
         });
-        lock(&self.versions).retain(|_, of_function| {
-            of_function.retain(|_, state| {
+        let pinned_versions = lock(&self.pinned).clone();
+        lock(&self.versions).retain(|function, of_function| {
+            of_function.retain(|version, state| {
+                // A version kept warm keeps the instance made ahead for
+                // its next request, however long that takes to come.
+                let warm_digest = pinned_versions.get(&(function.clone(), *version));
                 lock(&state.idle).retain(|(instance, since)| {
-                    !idle(*since) && (instance.served > 0 || !premade_idle(*since))
+                    let unused = instance.served == 0;
+                    (unused && warm_digest == Some(&instance.digest))
+                        || (!idle(*since) && (!unused || !premade_idle(*since)))
                 });
                 let busy = state.in_use() > 0
                     || state.queued.load(Ordering::Relaxed) > 0

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+/// Compiling components, in a child process of the `wisp` binary.
+pub use wisp_runtime::compile;
 
 /// Default listen address: loopback only, so no token is needed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -90,6 +92,9 @@ pub struct ServerConfig {
     /// Where compiled code is cached; `<data_dir>/compiled` when `None`.
     /// Entries are keyed by digest and engine build, so servers may share one.
     pub cache_dir: Option<PathBuf>,
+    /// Where components are compiled (in this process unless a compiler
+    /// child is given; the `wisp` binary gives itself).
+    pub compiler: wisp_runtime::Compiler,
 }
 
 impl ServerConfig {
@@ -112,6 +117,7 @@ impl ServerConfig {
             max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
             require_token: false,
             cache_dir: None,
+            compiler: defaults.compiler,
         }
     }
 }
@@ -215,6 +221,7 @@ pub async fn run(
     runtime_config.queue_depth = config.queue_depth;
     runtime_config.queue_timeout = config.queue_timeout;
     runtime_config.keep_resident_bytes = config.keep_resident_kib << 10;
+    runtime_config.compiler = config.compiler.clone();
     let runtime = wisp_runtime::Runtime::new(runtime_config, artifacts.clone(), telemetry.clone())?;
 
     // Versions with min_instances are loaded before their first request.
