@@ -438,6 +438,36 @@ async fn a_reused_instance_is_free_for_the_next_request_once_its_response_ends()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_written_whole_goes_out_with_its_length_at_once() {
+    let server = Server::start_shared(BIN);
+    let api = Api::new(&server);
+    api.deploy("whole", "counter", json!({})).await;
+    api.deploy(
+        "whole-reused",
+        "counter",
+        json!({"max_requests_per_instance": 10}),
+    )
+    .await;
+    // A fresh instance's response goes out when its body is finished,
+    // not when its handler returns (5 s later here).
+    let started = std::time::Instant::now();
+    let (status, headers, body) = api.call("/fn/whole?linger_ms=5000").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "1"));
+    assert_eq!(headers["content-length"], "1");
+    assert!(!headers.contains_key("transfer-encoding"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the response waited for the handler to return"
+    );
+    // A reused instance that returned at once: the same.
+    for n in ["1", "2"] {
+        let (_, headers, body) = api.call("/fn/whole-reused").await;
+        assert_eq!(body, n);
+        assert_eq!(headers["content-length"], "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_reusable_instances_give_way_to_a_request_that_needs_capacity() {
     let server =
         Server::start_shared_with(BIN, &["--max-instances", "2", "--queue-timeout-ms", "300"]);

@@ -3,9 +3,9 @@
 //! and the record that reports how it went.
 
 use crate::capture::Capture;
-use crate::held_end::HeldEnd;
 use crate::host::{DenyOutbound, Host, MemoryLimiter, RequestContext};
 use crate::pool::{Counted, LiveInstance, Loaded, Queued, Spare, VersionState};
+use crate::response_body::{HeldEnd, take_ready};
 use crate::{Inner, Runtime};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -550,11 +550,16 @@ impl Inner {
                 // task of its own.
                 run.detach();
                 let (head, body) = response.into_parts();
-                let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                // An instance that may serve again and is still running
+                // holds the end of its body; otherwise what the body has
+                // ready goes out at once, the whole of it if it has ended.
                 // (An invocation that ended here has released its instance.)
                 let body = match released.filter(|_| ended.is_none()) {
-                    Some(released) => HeldEnd::new(body, &head.headers, released).boxed_unsync(),
-                    None => body,
+                    Some(released) => {
+                        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                        HeldEnd::new(body, &head.headers, released).boxed_unsync()
+                    }
+                    None => take_ready(body.map_err(|e| Box::new(e) as BoxError)),
                 };
                 Ok(http::Response::from_parts(head, body))
             }

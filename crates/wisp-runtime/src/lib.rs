@@ -21,10 +21,10 @@
 mod cache;
 mod capture;
 pub mod compile;
-mod held_end;
 mod host;
 mod invoke;
 mod pool;
+mod response_body;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
