@@ -28,14 +28,13 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use wisp_core::{
-    ErrorCode, FunctionName, InvocationOutcome, InvocationRecord, InvokeError, RuntimeSnapshot,
-    VersionId,
+    ErrorCode, FastMap, FunctionName, InvocationOutcome, InvocationRecord, InvokeError,
+    RuntimeSnapshot, VersionId,
 };
 
 /// `Content-Type` of the `/metrics` response.
@@ -254,7 +253,7 @@ type Versions = Vec<(VersionId, Arc<VersionMetrics>)>;
 /// Per-version invocation metrics, keyed by function then version.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    functions: RwLock<HashMap<FunctionName, Versions>>,
+    functions: RwLock<FastMap<FunctionName, Versions>>,
 }
 
 fn find(versions: &Versions, version: VersionId) -> Option<&Arc<VersionMetrics>> {

@@ -10,13 +10,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use wisp_core::{
-    DurationPercentiles, ErrorBody, FunctionName, FunctionStats, InvocationOutcome,
+    DurationPercentiles, ErrorBody, FastMap, FunctionName, FunctionStats, InvocationOutcome,
     InvocationRecord, InvocationSink, InvokeError, LogPage, LogStream, ValidationError, VersionId,
     VersionStats,
 };
@@ -50,7 +49,7 @@ type Versions = Vec<(VersionId, Vec<Bucket>)>;
 pub struct Telemetry {
     /// By function, then version: a record is filed without building (and
     /// allocating) an owned key.
-    windows: Mutex<HashMap<FunctionName, Versions>>,
+    windows: Mutex<FastMap<FunctionName, Versions>>,
     metrics: Metrics,
     logs: mpsc::Sender<NewLogRecord>,
     dropped_logs: AtomicU64,
@@ -62,7 +61,7 @@ impl Telemetry {
         let (tx, rx) = mpsc::channel(LOG_QUEUE);
         tokio::spawn(write_logs(store, rx));
         Arc::new(Telemetry {
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(FastMap::default()),
             metrics: Metrics::default(),
             logs: tx,
             dropped_logs: AtomicU64::new(0),

@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A hash map looked up on every request (by function name, qualifier,
+/// version or code digest): foldhash, seeded per map, where the standard
+/// map uses SipHash. Its keys are names and digests an authenticated
+/// caller created (names at most [`MAX_NAME_LEN`] characters); looking up
+/// an unknown one inserts nothing.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Longest function or alias name.
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
-use wisp_core::{Digest, FunctionName, RuntimeSnapshot, VersionGauges, VersionId};
+use wisp_core::{Digest, FastMap, FunctionName, RuntimeSnapshot, VersionGauges, VersionId};
 
 /// A component ready to instantiate.
 pub(crate) struct Loaded {
@@ -196,11 +196,11 @@ impl Drop for Queued<'_> {
 
 pub(crate) struct Pool {
     start: Instant,
-    loaded: Mutex<HashMap<Digest, Arc<Slot>>>,
+    loaded: Mutex<FastMap<Digest, Arc<Slot>>>,
     pinned: Mutex<HashMap<VersionKey, Digest>>,
     /// By function, then version, so that the request path looks a version
     /// up without building (and allocating) an owned key.
-    versions: Mutex<HashMap<FunctionName, HashMap<VersionId, Arc<VersionState>>>>,
+    versions: Mutex<FastMap<FunctionName, FastMap<VersionId, Arc<VersionState>>>>,
     /// Host state of retired fresh instances, to build the next ones from.
     spares: Mutex<Vec<Spare>>,
     /// What the instance gauges report.
@@ -220,9 +220,9 @@ impl Pool {
         let max_memory_mib = config.max_instance_memory_mib.max(1);
         Pool {
             start: Instant::now(),
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(FastMap::default()),
             pinned: Mutex::new(HashMap::new()),
-            versions: Mutex::new(HashMap::new()),
+            versions: Mutex::new(FastMap::default()),
             spares: Mutex::new(Vec::new()),
             census: Arc::default(),
             instances: Arc::new(Semaphore::new(max_instances as usize)),

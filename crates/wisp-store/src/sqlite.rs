@@ -38,7 +38,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -47,9 +46,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 use wisp_core::limits::{MAX_ALIASES_PER_FUNCTION, MAX_LOG_QUERY_LIMIT};
 use wisp_core::{
-    Alias, AliasName, AliasRouting, Deployment, Digest, Function, FunctionConfig, FunctionInput,
-    FunctionName, FunctionVersion, LogPage, LogRecord, LogStream, Qualifier, ValidationError,
-    VersionId,
+    Alias, AliasName, AliasRouting, Deployment, Digest, FastMap, Function, FunctionConfig,
+    FunctionInput, FunctionName, FunctionVersion, LogPage, LogRecord, LogStream, Qualifier,
+    ValidationError, VersionId,
 };
 
 /// How many log records the store keeps; older ones are pruned on append.
@@ -169,7 +168,7 @@ const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, 
 const CONFIG_COLUMN_COUNT: usize = 11;
 
 /// Resolved qualifiers of one function, keyed by the qualifier's string form.
-type FunctionCache = HashMap<String, Resolved>;
+type FunctionCache = FastMap<String, Resolved>;
 
 /// [`MetadataStore`] on an SQLite file. Cloning is cheap and shares the
 /// connection and the cache.
@@ -182,7 +181,7 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Filled and invalidated only while `conn` is locked, so an entry is
     /// never older than the last write.
-    cache: RwLock<HashMap<FunctionName, FunctionCache>>,
+    cache: RwLock<FastMap<FunctionName, FunctionCache>>,
     log_retention: AtomicU64,
 }
 
@@ -223,7 +222,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                cache: RwLock::new(HashMap::new()),
+                cache: RwLock::new(FastMap::default()),
                 log_retention: AtomicU64::new(LOG_RETENTION_RECORDS),
             }),
         })
@@ -278,7 +277,7 @@ impl SqliteStore {
     /// How many qualifiers of `name` are cached.
     #[cfg(test)]
     fn cached(&self, name: &FunctionName) -> usize {
-        self.inner.read_cache().get(name).map_or(0, HashMap::len)
+        self.inner.read_cache().get(name).map_or(0, FastMap::len)
     }
 }
 
@@ -289,11 +288,11 @@ impl Inner {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<FunctionName, FunctionCache>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, FastMap<FunctionName, FunctionCache>> {
         self.cache.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<FunctionName, FunctionCache>> {
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, FastMap<FunctionName, FunctionCache>> {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
