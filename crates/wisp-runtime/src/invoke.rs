@@ -550,16 +550,14 @@ impl Inner {
                 // task of its own.
                 run.detach();
                 let (head, body) = response.into_parts();
+                let body = body.map_err(|e| Box::new(e) as BoxError);
                 // An instance that may serve again and is still running
                 // holds the end of its body; otherwise what the body has
                 // ready goes out at once, the whole of it if it has ended.
                 // (An invocation that ended here has released its instance.)
                 let body = match released.filter(|_| ended.is_none()) {
-                    Some(released) => {
-                        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-                        HeldEnd::new(body, &head.headers, released).boxed_unsync()
-                    }
-                    None => take_ready(body.map_err(|e| Box::new(e) as BoxError)),
+                    Some(released) => HeldEnd::new(body, &head.headers, released).boxed_unsync(),
+                    None => take_ready(body),
                 };
                 Ok(http::Response::from_parts(head, body))
             }

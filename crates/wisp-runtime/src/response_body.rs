@@ -28,8 +28,8 @@ use wisp_core::{Body, BoxError};
 type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
 /// A body whose end waits for `released` to be sent or dropped.
-pub(crate) struct HeldEnd {
-    body: Body,
+pub(crate) struct HeldEnd<B> {
+    body: B,
     /// Bytes still to come of a declared `content-length`.
     remaining: Option<u64>,
     /// The frame that completed the declared length, waiting for release.
@@ -38,12 +38,8 @@ pub(crate) struct HeldEnd {
     released: Option<oneshot::Receiver<()>>,
 }
 
-impl HeldEnd {
-    pub(crate) fn new(
-        body: Body,
-        headers: &http::HeaderMap,
-        released: oneshot::Receiver<()>,
-    ) -> Self {
+impl<B> HeldEnd<B> {
+    pub(crate) fn new(body: B, headers: &http::HeaderMap, released: oneshot::Receiver<()>) -> Self {
         let remaining = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -69,7 +65,10 @@ impl HeldEnd {
     }
 }
 
-impl http_body::Body for HeldEnd {
+impl<B> http_body::Body for HeldEnd<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -269,7 +268,7 @@ mod tests {
         Chunks(script.iter().copied().collect())
     }
 
-    fn held(chunks: &[&'static str], length: Option<u64>) -> (HeldEnd, oneshot::Sender<()>) {
+    fn held(chunks: &[&'static str], length: Option<u64>) -> (HeldEnd<Body>, oneshot::Sender<()>) {
         let mut headers = http::HeaderMap::new();
         if let Some(n) = length {
             headers.insert(http::header::CONTENT_LENGTH, n.into());
