@@ -21,6 +21,11 @@ pub const INVOCATION_TYPE_HEADER: &str = "x-wisp-invocation-type";
 /// Response header naming the function.
 pub const FUNCTION_HEADER: &str = "x-wisp-function";
 
+// The same names, made once at compile time rather than parsed per request.
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
+const FUNCTION: HeaderName = HeaderName::from_static(FUNCTION_HEADER);
+
 /// A new request id: 12 hex digits of milliseconds since the epoch, then 20
 /// random hex digits, so ids sort by time.
 pub fn new_request_id() -> String {
@@ -63,8 +68,7 @@ pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
         }
     };
     if let Some(v) = id_header {
-        res.headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+        res.headers_mut().insert(REQUEST_ID, v);
     }
     res
 }
@@ -85,24 +89,14 @@ async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("async"));
     if asynchronous {
-        let body = crate::extract::read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
-        let request = wisp_queue::StoredRequest {
-            method: parts.method.to_string(),
-            path_and_query,
-            headers: crate::asynchronous::forwarded_headers(&parts.headers),
-            body: body.to_vec(),
-        };
-        let accepted = crate::asynchronous::enqueue_request(
-            app,
-            target.name,
-            target.qualifier.to_string(),
-            request,
-            &parts.headers,
-        )
-        .await?;
-        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
+        // Boxed: this future is moved on every synchronous request too,
+        // and its size is that of its largest state.
+        return Box::pin(enqueue(app, parts, body, target, path_and_query)).await;
     }
-    let resolved = app.store.resolve(&target.name, &target.qualifier).await?;
+    let resolved = match app.store.resolve_cached(&target.name, &target.qualifier) {
+        Some(resolved) => resolved,
+        None => app.store.resolve(&target.name, &target.qualifier).await?,
+    };
     let deployment = resolved.pick(rand::random::<f64>()).clone();
 
     let authority = parts
@@ -141,15 +135,38 @@ async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Res
         VersionId::Latest => HeaderValue::from_static("latest"),
         VersionId::Published(n) => HeaderValue::from(n),
     };
-    parts
-        .headers
-        .insert(HeaderName::from_static(VERSION_HEADER), version);
+    parts.headers.insert(VERSION, version);
     if let Ok(v) = HeaderValue::from_str(served.function.as_str()) {
-        parts
-            .headers
-            .insert(HeaderName::from_static(FUNCTION_HEADER), v);
+        parts.headers.insert(FUNCTION, v);
     }
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Queues an asynchronous invocation (`x-wisp-invocation-type: async`) and
+/// answers 202.
+async fn enqueue(
+    app: &AppState,
+    parts: http::request::Parts,
+    body: Body,
+    target: Target,
+    path_and_query: String,
+) -> Result<Response, ApiError> {
+    let body = crate::extract::read_body(body, wisp_queue::limits::MAX_BODY_BYTES).await?;
+    let request = wisp_queue::StoredRequest {
+        method: parts.method.to_string(),
+        path_and_query,
+        headers: crate::asynchronous::forwarded_headers(&parts.headers),
+        body: body.to_vec(),
+    };
+    let accepted = crate::asynchronous::enqueue_request(
+        app,
+        target.name,
+        target.qualifier.to_string(),
+        request,
+        &parts.headers,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }
 
 /// The 413 for a declared `Content-Length` over the limit. A chunked body

@@ -29,6 +29,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Request header carrying the request id into the function.
 pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// What is known about an invocation before it ends, to build its record.
 struct Pending {
@@ -346,7 +347,14 @@ impl Inner {
             config.max_concurrency,
         );
         let wait = self.config.queue_timeout.min(timeout);
-        let Some(function_permit) = self.admit(&state, wait).await else {
+        // Futures of paths taken rarely are boxed where they are awaited:
+        // this future, and the invocation's below, are moved into boxes on
+        // every request, and their size is that of their largest state.
+        let admitted = match state.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => Box::pin(self.admit(&state, wait)).await,
+        };
+        let Some(function_permit) = admitted else {
             let limit = config.max_concurrency;
             return Err(pending.fail(&self, InvokeError::Throttled { limit }));
         };
@@ -363,7 +371,7 @@ impl Inner {
             }
             None => {
                 let (loaded, component_used) =
-                    match self.pool.load(&self, &deployment.code_digest).await {
+                    match Box::pin(self.pool.load(&self, &deployment.code_digest)).await {
                         Ok((loaded, used, init)) => {
                             pending.init_duration = init;
                             (loaded, used)
@@ -374,10 +382,13 @@ impl Inner {
                     };
                 deadline = tokio::time::Instant::now() + timeout;
                 let capacity_deadline = tokio::time::Instant::now() + wait;
-                match self
-                    .new_instance(&deployment, loaded, component_used, capacity_deadline)
-                    .await
-                {
+                let made = Box::pin(self.new_instance(
+                    &deployment,
+                    loaded,
+                    component_used,
+                    capacity_deadline,
+                ));
+                match made.await {
                     Ok(i) => i,
                     Err(e) => return Err(pending.fail(&self, e)),
                 }
@@ -387,7 +398,7 @@ impl Inner {
         // Per-request state of the store. The request id moves into the
         // store for `get-environment` and comes back for the record.
         if let Ok(v) = http::HeaderValue::from_str(&pending.request_id) {
-            request.headers_mut().insert(REQUEST_ID_HEADER, v);
+            request.headers_mut().insert(REQUEST_ID, v);
         }
         let host = instance.store.data_mut();
         host.context = RequestContext {
@@ -459,7 +470,7 @@ impl Inner {
                 let run = async {
                     if proxy.is_none() {
                         let started = Instant::now();
-                        *proxy = Some(loaded.pre.instantiate_async(&mut *store).await?);
+                        *proxy = Some(Box::pin(loaded.pre.instantiate_async(&mut *store)).await?);
                         *instantiated = Some(started.elapsed());
                     }
                     let proxy = proxy.as_ref().expect("instantiated above");
@@ -522,7 +533,7 @@ impl Inner {
                 inner.retire(instance);
                 // A failing function gets no capacity ahead of its requests.
                 if completed {
-                    inner.premake(&state, &deployment, made_from, false).await;
+                    Box::pin(inner.premake(&state, &deployment, made_from, false)).await;
                 }
             }
             failure

@@ -306,6 +306,14 @@ pub async fn run(
     });
     let mut graceful = stop_rx.clone();
     let app_for_stop = app.clone();
+    // No Nagle delay: a streamed response's later small writes would
+    // otherwise wait for the client's (delayed) acknowledgement of the
+    // first, up to 40 ms each on Linux.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, wisp_api::Surface::new(app).into_make_service())
         .with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|stop| *stop).await;

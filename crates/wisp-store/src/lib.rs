@@ -222,6 +222,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// A function's aliases, by name.
     async fn list_aliases(&self, name: &FunctionName) -> Result<Vec<Alias>, StoreError>;
 
+    /// The resolution of a qualifier if the store holds it in memory, without
+    /// waiting on anything: the data plane's fast path (one lookup, no
+    /// future). `None` means ask [`MetadataStore::resolve`].
+    fn resolve_cached(&self, _name: &FunctionName, _qualifier: &Qualifier) -> Option<Resolved> {
+        None
+    }
+
     /// Resolves a qualifier for the data plane. Served from memory after the
     /// first call; every write to the function invalidates it.
     async fn resolve(

@@ -167,8 +167,8 @@ const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, 
 /// How many columns [`CONFIG_COLUMNS`] names.
 const CONFIG_COLUMN_COUNT: usize = 11;
 
-/// Resolved qualifiers of one function, keyed by the qualifier's string form.
-type FunctionCache = FastMap<String, Resolved>;
+/// Resolved qualifiers of one function.
+type FunctionCache = FastMap<Qualifier, Resolved>;
 
 /// [`MetadataStore`] on an SQLite file. Cloning is cheap and shares the
 /// connection and the cache.
@@ -1233,19 +1233,21 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    fn resolve_cached(&self, name: &FunctionName, qualifier: &Qualifier) -> Option<Resolved> {
+        self.inner
+            .read_cache()
+            .get(name)
+            .and_then(|entries| entries.get(qualifier))
+            .cloned()
+    }
+
     async fn resolve(
         &self,
         name: &FunctionName,
         qualifier: &Qualifier,
     ) -> Result<Resolved, StoreError> {
-        let key = qualifier.to_string();
-        if let Some(hit) = self
-            .inner
-            .read_cache()
-            .get(name)
-            .and_then(|entries| entries.get(&key))
-        {
-            return Ok(hit.clone());
+        if let Some(hit) = self.resolve_cached(name, qualifier) {
+            return Ok(hit);
         }
         let (name, qualifier) = (name.clone(), qualifier.clone());
         self.with_conn(move |inner, conn| {
@@ -1256,7 +1258,7 @@ impl MetadataStore for SqliteStore {
                 .write_cache()
                 .entry(name)
                 .or_default()
-                .insert(key, resolved.clone());
+                .insert(qualifier, resolved.clone());
             Ok(resolved)
         })
         .await
@@ -2106,17 +2108,25 @@ mod tests {
             )
             .await
             .unwrap();
+        assert!(store.resolve_cached(&f, &Qualifier::Latest).is_none());
         let r = store.resolve(&f, &Qualifier::Latest).await.unwrap();
         assert_eq!(r.primary.config.env["MODE"], "old");
         assert_eq!(store.cached(&f), 1);
+        let hit = store.resolve_cached(&f, &Qualifier::Latest).unwrap();
+        assert!(Arc::ptr_eq(&hit.primary, &r.primary));
+        // Only the qualifier that was resolved is held.
+        assert!(store.resolve_cached(&f, &Qualifier::Version(1)).is_none());
 
         store
             .put_function(f.clone(), &env_input("MODE", "new"), 0, WriteMode::Patch)
             .await
             .unwrap();
         assert_eq!(store.cached(&f), 0);
+        assert!(store.resolve_cached(&f, &Qualifier::Latest).is_none());
         let r = store.resolve(&f, &Qualifier::Latest).await.unwrap();
         assert_eq!(r.primary.config.env["MODE"], "new");
+        let hit = store.resolve_cached(&f, &Qualifier::Latest).unwrap();
+        assert_eq!(hit.primary.config.env["MODE"], "new");
 
         // Other functions' entries survive a write to this one.
         create(&store, "g", 2).await;
@@ -2170,6 +2180,8 @@ mod tests {
         .expect("a cache hit must not wait for the connection")
         .unwrap();
         assert!(Arc::ptr_eq(&hit.primary, &first.primary));
+        let cached = store.resolve_cached(&f, &Qualifier::Latest).unwrap();
+        assert!(Arc::ptr_eq(&cached.primary, &first.primary));
         let miss = tokio::time::timeout(
             Duration::from_millis(200),
             store.resolve(&f, &Qualifier::Version(1)),
