@@ -127,12 +127,10 @@ impl Inner {
         acquire(semaphore, permits, deadline).await
     }
 
-    /// A concurrency permit of the version: at once, or after a bounded wait
-    /// in its queue; `None` means throttle.
+    /// A concurrency permit of the version, for a request that found none
+    /// free at once: after a bounded wait in its queue; `None` means
+    /// throttle.
     async fn admit(&self, state: &VersionState, wait: Duration) -> Option<OwnedSemaphorePermit> {
-        if let Ok(p) = state.permits.clone().try_acquire_owned() {
-            return Some(p);
-        }
         if state.queued.load(Ordering::SeqCst) >= self.config.queue_depth as u64 {
             return None;
         }
