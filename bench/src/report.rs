@@ -544,7 +544,10 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
     md.push_str(
         "Peak RSS (`VmHWM`) of each server after all its load points, and what its \
          resident set was made of at the end: file-backed pages (its own code and \
-         libraries) and anonymous memory (heap, stacks, instance memory):\n\n\
+         libraries) and anonymous memory (heap, stacks, instance memory). Every \
+         server's program is read through once before the servers start, so that \
+         all are wholly in the page cache (how much of a mapped file is cached \
+         changes how much of it a page fault maps):\n\n\
          | server | peak RSS MiB | file-backed MiB | anonymous MiB |\n|---|---|---|---|\n",
     );
     for key in [

@@ -135,6 +135,18 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// A loopback port free right now (bound, read and released).
+/// Reads a program's file through once, so that the whole of it is in the
+/// page cache. A page fault on a mapped file maps the neighbouring pages
+/// that are already cached as well, so a binary that was just built or
+/// installed (all cached) shows more file-backed RSS than one that was
+/// partly evicted; warming every compared binary first makes their peak
+/// RSS comparable, whatever ran before the harness.
+pub fn warm_page_cache(path: &Path) {
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut file, &mut std::io::sink());
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -43,7 +43,7 @@ pub fn new_request_id() -> String {
     for (i, digit) in id[12..].iter_mut().enumerate() {
         *digit = HEX[((r >> (4 * (19 - i))) & 0xf) as usize];
     }
-    id.iter().map(|&b| b as char).collect()
+    String::from_utf8(id.to_vec()).expect("hex digits are ASCII")
 }
 
 /// Splits `/fn/<target>/<rest>` into the target and the rest of the path.

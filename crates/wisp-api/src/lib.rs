@@ -30,7 +30,7 @@ pub mod triggers;
 use axum::Json;
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use error::ApiError;
@@ -155,7 +155,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of the control API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = api();
+    with_unauthenticated_routes(api().1)
+}
+
+/// `doc` with the routes that need no token: health, metrics, webhooks.
+fn with_unauthenticated_routes(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let (_, health_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(health))
         .routes(routes!(metrics::scrape))
@@ -163,6 +167,30 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .split_for_parts();
     doc.merge(health_doc);
     doc
+}
+
+/// `GET /v1/openapi.json`: the document, serialized once when the router
+/// is built (about 56 KB), so a request copies no tree of maps and
+/// serializes nothing.
+fn openapi_route(doc: utoipa::openapi::OpenApi) -> axum::routing::MethodRouter<AppState> {
+    let json = match serde_json::to_vec(&doc) {
+        Ok(json) => Ok(bytes::Bytes::from(json)),
+        Err(e) => Err(format!("the OpenAPI document could not be serialized: {e}")),
+    };
+    get(move || {
+        let json = json.clone();
+        async move {
+            match json {
+                Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+                Err(message) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    message,
+                )
+                .into_response(),
+            }
+        }
+    })
 }
 
 async fn no_route(req: Request) -> ApiError {
@@ -235,8 +263,9 @@ impl tower::Service<Request> for Surface {
 /// The whole HTTP surface: control API, health, metrics, OpenAPI and data
 /// plane. Health and metrics are open; the control API needs the token.
 pub fn router(app: AppState) -> Router {
-    let (api, _) = api();
-    let doc = Arc::new(openapi());
+    // One build of the routes gives both the router and the document.
+    let (api, doc) = api();
+    let openapi_json = openapi_route(with_unauthenticated_routes(doc));
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         app.clone(),
         auth::require_token,
@@ -245,13 +274,7 @@ pub fn router(app: AppState) -> Router {
         .merge(api)
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics::scrape))
-        .route(
-            "/v1/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move { Json(doc.as_ref().clone()).into_response() }
-            }),
-        )
+        .route("/v1/openapi.json", openapi_json)
         .route("/fn/{*rest}", any(dataplane::invoke))
         .route("/hooks/{name}", axum::routing::post(triggers::webhook))
         .fallback(no_route)

@@ -75,6 +75,18 @@ async fn responses_match_the_openapi_document() {
         "{}",
         doc["openapi"]
     );
+    // One document: the token-protected control API and the routes that
+    // need no token, served as JSON.
+    for path in [
+        "/v1/functions/{name}",
+        "/v1/health",
+        "/metrics",
+        "/hooks/{name}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    let res = reqwest::get(server.at("/v1/openapi.json")).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/json");
     let doc = Doc(doc);
     let c = Checked {
         api: Api::new(&server),
