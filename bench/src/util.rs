@@ -134,7 +134,6 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_mib(pid, "VmHWM")
 }
 
-/// A loopback port free right now (bound, read and released).
 /// Reads a program's file through once, so that the whole of it is in the
 /// page cache. A page fault on a mapped file maps the neighbouring pages
 /// that are already cached as well, so a binary that was just built or
@@ -147,6 +146,7 @@ pub fn warm_page_cache(path: &Path) {
     }
 }
 
+/// A loopback port free right now (bound, read and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
