@@ -153,11 +153,6 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document of the control API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    with_unauthenticated_routes(api().1)
-}
-
 /// `doc` with the routes that need no token: health, metrics, webhooks.
 fn with_unauthenticated_routes(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let (_, health_doc) = OpenApiRouter::<AppState>::new()
