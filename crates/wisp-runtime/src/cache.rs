@@ -36,11 +36,12 @@ impl CompiledCache {
         if !path.exists() {
             return None;
         }
-        // SAFETY: the file was written by `store` below from
-        // `Component::serialize` of this same engine configuration (the
-        // directory name carries the compatibility hash), is only ever
-        // replaced by an atomic rename, and wasmtime checks its header
-        // against the engine before using it.
+        // SAFETY: the file was written by Wisp alone: by `store` below from
+        // `Component::serialize` of this engine, or by a compiler child's
+        // engine of the same compile settings (`install`); the directory
+        // name carries this engine's compatibility hash, the file is only
+        // ever replaced by an atomic rename, and wasmtime checks its
+        // header against the engine and the host before using it.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => Some(c),
             Err(e) => {

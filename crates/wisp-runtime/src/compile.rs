@@ -7,9 +7,10 @@
 //! limit and a deadline) and a compiler crash cannot take the server down.
 //! The child compiles with an engine of the same compile settings as the
 //! server's but without the pooling allocator, which does not change the
-//! compiled code (the cache's compatibility hash proves it: see the tests);
-//! the server loads the result from the compiled cache like any other
-//! cached component, and wasmtime checks its header against the engine.
+//! compiled code (see the tests); the server, whose engine then has no
+//! compiler at all, loads the result from the compiled cache like any
+//! other cached component, and wasmtime checks its header against the
+//! engine and this host.
 //!
 //! The protocol with the child: the component's bytes on its stdin, the
 //! compiled form written to `--out PATH`; exit 0 when written,
@@ -289,19 +290,29 @@ mod tests {
 
     #[test]
     fn the_compiler_engine_compiles_what_the_server_engine_loads() {
-        let server = Engine::new(&crate::engine_config(8, 1 << 20)).unwrap();
-        let compiler = compile_engine().unwrap();
-        assert_eq!(
-            hash(&server),
-            hash(&compiler),
-            "the compiler child's settings must give the server's compatibility hash"
+        // The engine of a server whose compiles run in a child has no
+        // compiler of its own ...
+        let server = Engine::new(&crate::engine_config(8, 1 << 20, false)).unwrap();
+        assert!(
+            server.precompile_component(EMPTY_COMPONENT).is_err(),
+            "a server that compiles in a child must not carry a compiler"
         );
+        // ... and loads what the child's engine compiles.
+        let compiler = compile_engine().unwrap();
         let bytes = wisp_testkit::example_bytes("hello");
         let compiled = compiler.precompile_component(&bytes).unwrap();
         // SAFETY: the bytes were just made by `precompile_component`.
         let component = unsafe { Component::deserialize(&server, &compiled) }
             .expect("the server engine loads what the compiler engine made");
         assert!(component.image_range().end > component.image_range().start);
+    }
+
+    /// A server that compiles in its own process has the child's compile
+    /// settings: what one compiled, the other's cache directory holds.
+    #[test]
+    fn in_process_compiles_with_the_childs_settings() {
+        let server = Engine::new(&crate::engine_config(8, 1 << 20, true)).unwrap();
+        assert_eq!(hash(&server), hash(&compile_engine().unwrap()));
     }
 
     struct NoArtifacts;

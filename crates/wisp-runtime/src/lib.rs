@@ -124,7 +124,7 @@ pub struct Runtime {
     inner: Arc<Inner>,
 }
 
-fn engine_config(max_instances: u32, keep_resident: usize) -> Config {
+fn engine_config(max_instances: u32, keep_resident: usize, compiles_here: bool) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     let n = max_instances.max(1);
     pool.total_component_instances(n)
@@ -149,6 +149,14 @@ fn engine_config(max_instances: u32, keep_resident: usize) -> Config {
         .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = compile::base_config();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if !compiles_here {
+        // Compiles run in a child: without a compiler of its own the
+        // server's engine never builds Cranelift's target description, so
+        // none of Cranelift's code is paged in. Compiled components load
+        // the same way: wasmtime checks each one's compile settings against
+        // this host whether or not the engine could compile.
+        config.enable_compiler(false);
+    }
     config
 }
 
@@ -178,6 +186,7 @@ impl Runtime {
         let engine = Engine::new(&engine_config(
             config.max_instances,
             config.keep_resident_bytes,
+            matches!(config.compiler, Compiler::InProcess),
         ))
         .map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
