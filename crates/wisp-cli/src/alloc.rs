@@ -61,9 +61,60 @@ unsafe impl GlobalAlloc for MiMalloc {
     }
 }
 
+// `mi_collect` belongs to mimalloc's extended API, which the bindings
+// only declare behind a feature that adds a dependency for it.
+unsafe extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Gives the memory that this thread's heap holds free back to the system,
+/// along with what the allocator had set aside to purge later. The server
+/// calls it once when start-up is over: building the control API's router
+/// and OpenAPI document makes about 1.5 MB of temporaries on the thread
+/// that starts the server, and mimalloc purges freed pages only when that
+/// thread allocates again, which it seldom does.
+pub fn release_free_memory() {
+    // SAFETY: takes only a flag and may be called at any time, from any
+    // thread.
+    unsafe { mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rss_anon_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Memory freed on this thread stays resident until
+    /// `release_free_memory` gives it back.
+    #[test]
+    fn release_free_memory_gives_freed_pages_back() {
+        const BLOCKS: usize = 64 * 1024;
+        const SIZE: usize = 512; // 32 MiB in all, in small blocks
+        let a = MiMalloc;
+        let layout = Layout::from_size_align(SIZE, 8).unwrap();
+        let blocks: Vec<*mut u8> = (0..BLOCKS)
+            .map(|_| unsafe {
+                let p = a.alloc(layout);
+                p.write_bytes(1, SIZE);
+                p
+            })
+            .collect();
+        for p in blocks {
+            unsafe { a.dealloc(p, layout) };
+        }
+        let freed = rss_anon_kib();
+        release_free_memory();
+        let released = rss_anon_kib();
+        assert!(
+            released + 16 * 1024 < freed,
+            "RssAnon {freed} KiB after freeing 32 MiB, {released} KiB after releasing"
+        );
+    }
 
     /// Every size and alignment gets a block of its alignment that holds
     /// what is written to it, zeroed allocations are zero, and growing or

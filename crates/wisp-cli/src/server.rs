@@ -114,6 +114,7 @@ pub fn run(args: ServerArgs) -> ExitCode {
     config.require_token = args.require_token;
     config.cache_dir = args.cache_dir;
     config.compiler = compiler(args.compile_memory_mib, args.compile_timeout_secs);
+    config.after_start = Some(crate::alloc::release_free_memory);
 
     if args.require_token || !args.listen.ip().is_loopback() {
         eprintln!(

@@ -95,6 +95,10 @@ pub struct ServerConfig {
     /// Where components are compiled (in this process unless a compiler
     /// child is given; the `wisp` binary gives itself).
     pub compiler: wisp_runtime::Compiler,
+    /// Called once when start-up is over and the listener is bound, on the
+    /// thread that ran start-up (the `wisp` binary gives the memory that
+    /// start-up freed back to the system here). `None` by default.
+    pub after_start: Option<fn()>,
 }
 
 impl ServerConfig {
@@ -118,6 +122,7 @@ impl ServerConfig {
             require_token: false,
             cache_dir: None,
             compiler: defaults.compiler,
+            after_start: None,
         }
     }
 }
@@ -293,6 +298,9 @@ pub async fn run(
             source,
         })?;
     let local = listener.local_addr().map_err(ServerError::Serve)?;
+    if let Some(hook) = config.after_start {
+        hook();
+    }
     // Tests and scripts read this line to find an ephemeral port.
     println!("wisp listening on http://{local}");
     tracing::info!(%local, data_dir = %data_dir.display(), token_required = needs_token, "wisp server started");
