@@ -8,22 +8,90 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use std::collections::HashSet;
 use std::sync::Arc;
-use wisp_core::{ArtifactInfo, Digest, ErrorBody, ErrorCode, ValidationError};
+use wisp_core::{ArtifactInfo, Digest, ErrorBody, ErrorCode, Swept, ValidationError};
 use wisp_store::artifacts::ArtifactDir;
 
-/// Async access to the artifact directory (its I/O is blocking).
+/// Async access to the artifact directory (its I/O is blocking), and the
+/// sweep that removes the code nothing refers to any more.
 #[derive(Clone)]
-pub struct Artifacts(pub Arc<ArtifactDir>);
+pub struct Artifacts {
+    dir: Arc<ArtifactDir>,
+    /// Held shared by every write that refers to an artifact, from checking
+    /// that it exists until the write is committed, and exclusively by a
+    /// sweep, so that a sweep never removes code a write is about to refer
+    /// to.
+    claims: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Why a sweep of unreferenced code did not finish (it removed nothing, or
+/// only part of what it would have).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The store could not list the code its functions refer to.
+    #[error("could not list the code functions refer to: {0}")]
+    Store(#[from] wisp_store::StoreError),
+    /// A file could not be listed or removed.
+    #[error("could not sweep the artifact directory: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 impl Artifacts {
+    /// Wraps the artifact directory.
+    pub fn new(dir: Arc<ArtifactDir>) -> Self {
+        Artifacts {
+            dir,
+            claims: Arc::new(tokio::sync::RwLock::new(())),
+        }
+    }
+
     /// Size of a stored artifact, if present.
     pub async fn info(&self, digest: &Digest) -> Result<Option<ArtifactInfo>, std::io::Error> {
-        let dir = self.0.clone();
+        let dir = self.dir.clone();
         let digest = digest.clone();
         tokio::task::spawn_blocking(move || dir.info(&digest))
             .await
             .map_err(std::io::Error::other)?
+    }
+
+    /// Size of a stored artifact, if present, marking it as just used.
+    /// Callers about to refer to it hold [`Artifacts::claim`] meanwhile.
+    pub(crate) async fn touch(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<ArtifactInfo>, std::io::Error> {
+        let dir = self.dir.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || dir.touch(&digest))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Keeps sweeps out until the guard is dropped.
+    pub(crate) async fn claim(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.claims.clone().read_owned().await
+    }
+
+    /// Removes the artifacts that no function's `latest` and no published
+    /// version refers to and that were last uploaded or referred to more
+    /// than `grace` ago. Answers what it removed and the digests still
+    /// referred to (for the sweep of compiled code). Writes that refer to
+    /// an artifact wait while it runs.
+    pub async fn sweep(
+        &self,
+        store: &dyn wisp_store::MetadataStore,
+        grace: std::time::Duration,
+    ) -> Result<(HashSet<Digest>, Swept), SweepError> {
+        let _exclusive = self.claims.write().await;
+        let keep = store.code_digests().await?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let swept = dir.sweep_unreferenced(&keep, grace)?;
+            Ok((keep, swept))
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     async fn put(
@@ -31,7 +99,7 @@ impl Artifacts {
         digest: &Digest,
         bytes: axum::body::Bytes,
     ) -> std::io::Result<ArtifactInfo> {
-        let dir = self.0.clone();
+        let dir = self.dir.clone();
         let digest = digest.clone();
         tokio::task::spawn_blocking(move || dir.put(&digest, &bytes))
             .await
@@ -63,7 +131,8 @@ pub async fn upload_artifact(
 ) -> ApiResult<(StatusCode, Json<ArtifactInfo>)> {
     let bytes = read_body(body, wisp_core::limits::MAX_ARTIFACT_BYTES).await?;
     let digest = Digest::of(&bytes);
-    if let Some(info) = app.artifacts.info(&digest).await? {
+    // Uploading code already stored starts its grace period over.
+    if let Some(info) = app.artifacts.touch(&digest).await? {
         return Ok((StatusCode::OK, Json(info)));
     }
     app.preparer.prepare(digest.clone(), bytes.clone()).await?;

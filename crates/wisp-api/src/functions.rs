@@ -11,7 +11,7 @@ use std::sync::Arc;
 use wisp_core::spec::validate_label;
 use wisp_core::{
     Alias, AliasInput, AliasList, AliasName, Deployment, ErrorBody, Function, FunctionInput,
-    FunctionList, FunctionVersion, ValidationError, VersionId, VersionList,
+    FunctionList, FunctionName, FunctionVersion, ValidationError, VersionId, VersionList,
 };
 use wisp_store::WriteMode;
 
@@ -66,15 +66,29 @@ async fn warm(app: &AppState, version: &FunctionVersion) {
     }
 }
 
-/// The code size for the digest in `input`, checking the artifact exists.
-async fn code_size(app: &AppState, input: &FunctionInput) -> ApiResult<u64> {
-    let Some(digest) = input.digest()? else {
-        return Ok(0);
+/// Writes `latest` of a function, checking that the artifact it refers to
+/// exists (and keeping the sweep of unreferenced code away from it until
+/// the write is committed), then warms it as its `min_instances` asks.
+async fn write_function(
+    app: &AppState,
+    name: FunctionName,
+    input: &FunctionInput,
+    mode: WriteMode,
+) -> ApiResult<(Function, bool)> {
+    let claim = app.artifacts.claim().await;
+    let size = match input.digest()? {
+        None => 0,
+        Some(digest) => match app.artifacts.touch(&digest).await? {
+            Some(info) => info.size,
+            None => {
+                return Err(wisp_store::StoreError::ArtifactNotFound(digest.to_string()).into());
+            }
+        },
     };
-    match app.artifacts.info(&digest).await? {
-        Some(info) => Ok(info.size),
-        None => Err(wisp_store::StoreError::ArtifactNotFound(digest.to_string()).into()),
-    }
+    let written = app.store.put_function(name, input, size, mode).await?;
+    drop(claim);
+    warm(app, &written.0.latest).await;
+    Ok(written)
 }
 
 /// List functions, optionally filtered by labels.
@@ -99,12 +113,7 @@ pub async fn create_function(
     let name = input
         .function_name()?
         .ok_or_else(|| ValidationError::new("name", "is required"))?;
-    let size = code_size(&app, &input).await?;
-    let (function, _) = app
-        .store
-        .put_function(name, &input, size, WriteMode::Create)
-        .await?;
-    warm(&app, &function.latest).await;
+    let (function, _) = write_function(&app, name, &input, WriteMode::Create).await?;
     Ok((StatusCode::CREATED, Json(function)))
 }
 
@@ -129,12 +138,7 @@ pub async fn put_function(
     ApiJson(input): ApiJson<FunctionInput>,
 ) -> ApiResult<(StatusCode, Json<Function>)> {
     let name = function_name(&name)?;
-    let size = code_size(&app, &input).await?;
-    let (function, created) = app
-        .store
-        .put_function(name, &input, size, WriteMode::Replace)
-        .await?;
-    warm(&app, &function.latest).await;
+    let (function, created) = write_function(&app, name, &input, WriteMode::Replace).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -153,12 +157,7 @@ pub async fn patch_function(
     ApiJson(input): ApiJson<FunctionInput>,
 ) -> ApiResult<Json<Function>> {
     let name = function_name(&name)?;
-    let size = code_size(&app, &input).await?;
-    let (function, _) = app
-        .store
-        .put_function(name, &input, size, WriteMode::Patch)
-        .await?;
-    warm(&app, &function.latest).await;
+    let (function, _) = write_function(&app, name, &input, WriteMode::Patch).await?;
     Ok(Json(function))
 }
 

@@ -43,7 +43,7 @@ use wisp_core::{
 };
 use wisp_store::MetadataStore;
 
-pub use artifacts::Artifacts;
+pub use artifacts::{Artifacts, SweepError};
 pub use telemetry::Telemetry;
 
 /// Everything the handlers share.

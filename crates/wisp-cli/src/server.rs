@@ -59,6 +59,14 @@ pub struct ServerArgs {
     /// Where compiled code is cached [default: DATA_DIR/compiled]
     #[arg(long, env = "WISP_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Seconds an uploaded component that no function or version refers to
+    /// (and its compiled code) is kept after it was last uploaded or
+    /// referred to; then the sweep removes it
+    #[arg(long, env = "WISP_ARTIFACT_GRACE", value_name = "SECS", default_value = "86400", value_parser = parse::seconds)]
+    pub artifact_grace: Duration,
+    /// Seconds between sweeps of unreferenced components (at least 0.1)
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse::seconds)]
+    pub sweep_interval: Duration,
     /// Require the bearer token even on a loopback address
     #[arg(long)]
     pub require_token: bool,
@@ -113,6 +121,8 @@ pub fn run(args: ServerArgs) -> ExitCode {
     config.keep_resident_kib = args.keep_resident_kib;
     config.require_token = args.require_token;
     config.cache_dir = args.cache_dir;
+    config.artifact_grace = args.artifact_grace;
+    config.sweep_interval = args.sweep_interval;
     config.compiler = compiler(args.compile_memory_mib, args.compile_timeout_secs);
     config.after_start = Some(crate::alloc::release_free_memory);
 

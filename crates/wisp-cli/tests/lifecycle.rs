@@ -324,3 +324,134 @@ async fn a_component_from_another_sdk_runs_unchanged() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, "Hello from wstd!\n");
 }
+
+/// Sets the modification time of every file in `dir` (and of `dir`) two
+/// days back, as if all of it had been uploaded or compiled long ago.
+fn age_all(dir: &std::path::Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_modified(then).unwrap();
+        }
+    }
+    std::fs::File::open(dir)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+}
+
+/// Polls until `path` is gone; panics after 20 s.
+async fn wait_gone(path: &std::path::Path, server: &Server) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while path.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} was not swept; server log:\n{}",
+            path.display(),
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
+    // Its own cache of compiled code (a shared one is never swept).
+    let server = Server::start_with(env!("CARGO_BIN_EXE_wisp"), &["--sweep-interval", "0.1"]);
+    let api = Api::new(&server);
+    let artifacts = server.data_dir.join("artifacts/sha256");
+    let compiled = std::fs::read_dir(server.data_dir.join("compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("engine-")
+        })
+        .expect("this engine's cache directory");
+    let file = |digest: &str| artifacts.join(format!("{}.wasm", &digest["sha256:".len()..]));
+    let code = |digest: &str| compiled.join(format!("{}.cwasm", &digest["sha256:".len()..]));
+
+    // `f` version 1 runs `hello`, its latest `echo`; `square` is uploaded
+    // and never used.
+    let create = |name: &'static str, digest: String| {
+        let api = &api;
+        async move {
+            let (status, body) = api
+                .send(
+                    Method::POST,
+                    "/v1/functions",
+                    Some(json!({"name": name, "code_digest": digest})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    let hello = api.upload(example_bytes("hello")).await;
+    create("f", hello.clone()).await;
+    let (status, body) = api
+        .send(Method::POST, "/v1/functions/f/versions", None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let echo = api.deploy("f", "echo", json!({})).await["code_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let square = api.upload(example_bytes("square")).await;
+    let earlier_engine = server.data_dir.join("compiled/engine-0000000000000000");
+    std::fs::create_dir_all(&earlier_engine).unwrap();
+    std::fs::write(
+        earlier_engine.join(format!("{}.cwasm", &square[7..])),
+        b"old",
+    )
+    .unwrap();
+    for d in [&hello, &echo, &square] {
+        assert!(
+            file(d).exists() && code(d).exists(),
+            "{d} stored and compiled"
+        );
+    }
+    age_all(&artifacts);
+    age_all(&compiled);
+    age_all(&earlier_engine);
+    // Uploaded now: within its grace period, though nothing refers to it.
+    let reply = api.upload(example_bytes("reply")).await;
+
+    wait_gone(&file(&square), &server).await;
+    wait_gone(&code(&square), &server).await;
+    wait_gone(&earlier_engine, &server).await;
+    let (status, body) = api
+        .send(Method::GET, &format!("/v1/artifacts/{square}"), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    for d in [&hello, &echo] {
+        assert!(file(d).exists(), "{d} is referred to and stays");
+        assert!(code(d).exists(), "{d}'s compiled code stays");
+    }
+    assert!(
+        file(&reply).exists(),
+        "a fresh upload keeps its grace period"
+    );
+
+    // Deleting the version that ran `hello` lets its code go; `f` still runs.
+    let (status, body) = api
+        .send(Method::DELETE, "/v1/functions/f/versions/1", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    wait_gone(&file(&hello), &server).await;
+    wait_gone(&code(&hello), &server).await;
+    assert!(file(&echo).exists());
+    let (status, _, body) = api.call("/fn/f").await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["env"]["WISP_FUNCTION_NAME"], "f");
+
+    // Swept code can be uploaded again and used.
+    let again = api.upload(example_bytes("square")).await;
+    assert_eq!(again, square);
+    create("g", square.clone()).await;
+    assert!(file(&square).exists());
+}

@@ -2,8 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use std::collections::HashSet;
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+use std::{fs, io};
 
 /// A `sha256:<64 lowercase hex>` digest of a component's bytes.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -29,19 +33,23 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
-}
 
-impl FromStr for Digest {
-    type Err = DigestError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix("sha256:").ok_or(DigestError)?;
+    /// The digest whose 64 hex digits are `hex` (a file name's stem).
+    pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(DigestError);
         }
         Ok(Digest {
             hex: hex.to_string(),
         })
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::from_hex(s.strip_prefix("sha256:").ok_or(DigestError)?)
     }
 }
 
@@ -82,6 +90,61 @@ impl utoipa::PartialSchema for Digest {
 
 impl utoipa::ToSchema for Digest {}
 
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Files removed.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
+/// Removes the files `<hex>.<extension>` in `dir` whose digest is not in
+/// `keep` and whose modification time is more than `grace` ago: the
+/// sweep of both the uploaded artifacts and the cache of compiled code,
+/// which name files the same way. Other names are left alone.
+pub fn sweep_digest_files(
+    dir: &Path,
+    extension: &str,
+    keep: &HashSet<Digest>,
+    grace: Duration,
+) -> io::Result<Swept> {
+    let mut swept = Swept::default();
+    let now = SystemTime::now();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(digest) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(extension)?.strip_suffix('.'))
+            .and_then(|hex| Digest::from_hex(hex).ok())
+        else {
+            continue;
+        };
+        if keep.contains(&digest) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > grace);
+        if !meta.is_file() || !old {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => {
+                swept.files += 1;
+                swept.bytes += meta.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(swept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +158,8 @@ mod tests {
         assert!("sha256:XYZ".parse::<Digest>().is_err());
         assert!("md5:2cf24dba".parse::<Digest>().is_err());
         assert!(s.to_uppercase().parse::<Digest>().is_err());
+        assert_eq!(Digest::from_hex(d.hex()).unwrap(), d);
+        assert!(Digest::from_hex(&d.hex()[1..]).is_err());
+        assert!(Digest::from_hex(&d.hex().to_uppercase()).is_err());
     }
 }

@@ -23,7 +23,7 @@ pub mod names;
 pub mod spec;
 
 pub use destination::{Broker, BrokerTarget, Destination, DestinationError, Protocol};
-pub use digest::Digest;
+pub use digest::{Digest, Swept, sweep_digest_files};
 pub use error::{ErrorBody, ErrorCode};
 pub use invoke::{
     ArtifactSource, Body, BoxError, BoxFuture, Deployment, InvocationOutcome, InvocationRecord,

@@ -3,13 +3,16 @@
 //! recompiles and an upgrade never loads incompatible code.
 
 use crate::RuntimeError;
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::Component;
-use wisp_core::Digest;
+use wisp_core::{Digest, Swept, sweep_digest_files};
 
 pub(crate) struct CompiledCache {
+    root: PathBuf,
     dir: PathBuf,
 }
 
@@ -23,7 +26,33 @@ impl CompiledCache {
             source,
         })?;
         remove_stale_temp_files(&dir, STALE_TEMP_AGE);
-        Ok(CompiledCache { dir })
+        Ok(CompiledCache {
+            root: root.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// Removes compiled code of digests not in `keep`, older than `grace`,
+    /// and the directories of other engine builds (an earlier Wisp's) left
+    /// untouched for longer than `grace`. Whatever it removes is compiled
+    /// again from its artifact if it is ever needed.
+    pub(crate) fn sweep(&self, keep: &HashSet<Digest>, grace: Duration) -> std::io::Result<Swept> {
+        let mut swept = sweep_digest_files(&self.dir, "cwasm", keep, grace)?;
+        for entry in std::fs::read_dir(&self.root)?.flatten() {
+            let path = entry.path();
+            let other_engine = path != self.dir
+                && entry.file_name().to_string_lossy().starts_with("engine-")
+                && entry.file_type().is_ok_and(|t| t.is_dir());
+            if other_engine && older_than(&entry, grace) {
+                let before = dir_size(&path);
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    tracing::info!(path = %path.display(), "removed an earlier engine's compiled code");
+                    swept.files += before.0;
+                    swept.bytes += before.1;
+                }
+            }
+        }
+        Ok(swept)
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -80,6 +109,29 @@ impl CompiledCache {
     }
 }
 
+/// Whether `entry` was last modified more than `age` ago (not when its
+/// time cannot be read).
+fn older_than(entry: &std::fs::DirEntry, age: Duration) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
+/// Files and bytes directly in `dir`.
+fn dir_size(dir: &Path) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+}
+
 /// Age past which a temporary file in the cache is an interrupted write
 /// (a server that crashed mid-compile): twice the longest compile allowed.
 /// Younger ones may belong to another server sharing the directory.
@@ -96,13 +148,7 @@ fn remove_stale_temp_files(dir: &Path, age: std::time::Duration) {
         if !(name.starts_with('.') && name.ends_with(".tmp")) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed > age);
-        if old && std::fs::remove_file(entry.path()).is_ok() {
+        if older_than(&entry, age) && std::fs::remove_file(entry.path()).is_ok() {
             tracing::info!(path = %entry.path().display(), "removed an interrupted compile's file");
         }
     }

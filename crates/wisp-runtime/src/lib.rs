@@ -218,6 +218,18 @@ impl Runtime {
     pub fn loaded_components(&self) -> usize {
         self.inner.pool.loaded_count()
     }
+
+    /// Removes from the cache of compiled code every component whose digest
+    /// is not in `keep` and that was compiled more than `grace` ago, and
+    /// earlier engine builds' code (blocking file I/O). Code removed and
+    /// needed after all is compiled again from its artifact.
+    pub fn sweep_compiled(
+        &self,
+        keep: &std::collections::HashSet<Digest>,
+        grace: Duration,
+    ) -> std::io::Result<wisp_core::Swept> {
+        self.inner.cache.sweep(keep, grace)
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -21,6 +21,14 @@ pub use wisp_runtime::compile;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default time in-flight requests get to finish after a shutdown signal.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Default time an artifact nothing refers to is kept after it was last
+/// uploaded or referred to (a day, so that code uploaded ahead of the
+/// function that will use it survives a slow pipeline).
+pub const DEFAULT_ARTIFACT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Default interval between sweeps of unreferenced artifacts.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Shortest interval between sweeps (a smaller one is raised to it).
+pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Name of the token file in the data directory.
 pub const TOKEN_FILE: &str = "token";
 
@@ -90,8 +98,15 @@ pub struct ServerConfig {
     /// Require the bearer token even on a loopback address.
     pub require_token: bool,
     /// Where compiled code is cached; `<data_dir>/compiled` when `None`.
-    /// Entries are keyed by digest and engine build, so servers may share one.
+    /// Entries are keyed by digest and engine build, so servers may share
+    /// one; a cache given here is never swept (another server's code may be
+    /// in it).
     pub cache_dir: Option<PathBuf>,
+    /// How long an artifact (and its compiled code) that nothing refers to
+    /// is kept after it was last uploaded or referred to.
+    pub artifact_grace: Duration,
+    /// How often unreferenced artifacts are swept.
+    pub sweep_interval: Duration,
     /// Where components are compiled (in this process unless a compiler
     /// child is given; the `wisp` binary gives itself).
     pub compiler: wisp_runtime::Compiler,
@@ -121,6 +136,8 @@ impl ServerConfig {
             max_invoke_body: wisp_core::limits::DEFAULT_MAX_INVOKE_BODY_BYTES,
             require_token: false,
             cache_dir: None,
+            artifact_grace: DEFAULT_ARTIFACT_GRACE,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
             compiler: defaults.compiler,
             after_start: None,
         }
@@ -228,6 +245,8 @@ pub async fn run(
     runtime_config.keep_resident_bytes = config.keep_resident_kib << 10;
     runtime_config.compiler = config.compiler.clone();
     let runtime = wisp_runtime::Runtime::new(runtime_config, artifacts.clone(), telemetry.clone())?;
+    // Only a cache of this server's own is swept of compiled code.
+    let own_cache = config.cache_dir.is_none().then(|| runtime.clone());
 
     // Versions with min_instances are loaded before their first request.
     let warm_store = store.clone();
@@ -266,7 +285,7 @@ pub async fn run(
         ),
         trigger_store,
         store,
-        artifacts: wisp_api::Artifacts(artifacts),
+        artifacts: wisp_api::Artifacts::new(artifacts),
         preparer: Arc::new(runtime.clone()),
         invoker: Arc::new(runtime.clone()),
         runtime_state: Arc::new(runtime),
@@ -290,6 +309,12 @@ pub async fn run(
     }
     wisp_api::asynchronous::Dispatcher::start(app.clone());
     start_triggers(&app).await;
+    start_sweeper(
+        app.clone(),
+        own_cache,
+        config.sweep_interval,
+        config.artifact_grace,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -343,6 +368,60 @@ pub async fn run(
     app_for_stop.triggers.shutdown().await;
     tracing::info!("wisp server stopped");
     result
+}
+
+/// Every `interval` (the first time one interval after start), removes the
+/// artifacts nothing refers to any more, and their compiled code from
+/// `own_cache`, once they are older than `grace`.
+fn start_sweeper(
+    app: wisp_api::AppState,
+    own_cache: Option<wisp_runtime::Runtime>,
+    interval: Duration,
+    grace: Duration,
+) {
+    let interval = interval.max(MIN_SWEEP_INTERVAL);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let keep = match app.artifacts.sweep(app.store.as_ref(), grace).await {
+                Ok((keep, swept)) => {
+                    if swept.files > 0 {
+                        tracing::info!(
+                            files = swept.files,
+                            bytes = swept.bytes,
+                            "removed artifacts nothing refers to"
+                        );
+                    }
+                    keep
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep of unreferenced artifacts failed; will retry");
+                    continue;
+                }
+            };
+            let Some(runtime) = own_cache.clone() else {
+                continue;
+            };
+            let swept =
+                tokio::task::spawn_blocking(move || runtime.sweep_compiled(&keep, grace)).await;
+            match swept {
+                Ok(Ok(swept)) if swept.files > 0 => {
+                    tracing::info!(
+                        files = swept.files,
+                        bytes = swept.bytes,
+                        "removed compiled code nothing refers to"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "sweep of compiled code failed; will retry")
+                }
+                Err(e) => tracing::warn!(error = %e, "sweep of compiled code failed; will retry"),
+            }
+        }
+    });
 }
 
 /// Starts the source of every stored trigger. A trigger whose definition

@@ -24,11 +24,13 @@
 //! assert_eq!(artifacts.read(&digest).unwrap(), bytes);
 //! ```
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use wisp_core::{ArtifactInfo, ArtifactSource, Digest};
+use std::time::{Duration, SystemTime};
+use wisp_core::{ArtifactInfo, ArtifactSource, Digest, Swept, sweep_digest_files};
 
 /// Name prefix of in-progress writes; anything with it is swept at startup.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -126,8 +128,12 @@ impl ArtifactDir {
         let path = self.path(digest);
         match fs::metadata(&path) {
             // Only complete files are ever renamed into place, so a file of
-            // the right size under this name holds these bytes.
-            Ok(meta) if meta.is_file() && meta.len() == size => return Ok(info),
+            // the right size under this name holds these bytes. Uploading
+            // them again starts their grace period over.
+            Ok(meta) if meta.is_file() && meta.len() == size => {
+                touch(&path)?;
+                return Ok(info);
+            }
             Ok(_) => tracing::warn!(
                 path = %path.display(),
                 "artifact file has the wrong size; rewriting it"
@@ -164,6 +170,33 @@ impl ArtifactDir {
         }
     }
 
+    /// Like [`info`](Self::info), and marks the artifact as just used, so
+    /// that [`sweep_unreferenced`](Self::sweep_unreferenced) keeps it for
+    /// another grace period: for callers about to refer to it.
+    pub fn touch(&self, digest: &Digest) -> io::Result<Option<ArtifactInfo>> {
+        let info = self.info(digest)?;
+        if info.is_some() {
+            match touch(&self.path(digest)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                other => other?,
+            }
+        }
+        Ok(info)
+    }
+
+    /// Removes every artifact that is not in `keep` and was neither
+    /// uploaded nor [`touch`](Self::touch)ed within `grace`: the code of
+    /// deleted functions and versions, and uploads nothing refers to.
+    /// Files it cannot read the age of, and names that are not digests,
+    /// are left alone.
+    pub fn sweep_unreferenced(&self, keep: &HashSet<Digest>, grace: Duration) -> io::Result<Swept> {
+        let swept = sweep_digest_files(&self.dir, EXTENSION, keep, grace)?;
+        if swept.files > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(swept)
+    }
+
     /// The bytes of the artifact named `digest` ([`io::ErrorKind::NotFound`]
     /// if there is none).
     pub fn read(&self, digest: &Digest) -> io::Result<Vec<u8>> {
@@ -184,6 +217,14 @@ impl ArtifactSource for ArtifactDir {
     fn read(&self, digest: &Digest) -> io::Result<Vec<u8>> {
         ArtifactDir::read(self, digest)
     }
+}
+
+/// Sets a file's modification time to now.
+fn touch(path: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_modified(SystemTime::now())
 }
 
 /// Creates `path` (which must not exist), writes `bytes` and fsyncs it.
@@ -318,5 +359,77 @@ mod tests {
         }
         assert_eq!(dir.read(&digest).unwrap(), bytes);
         assert!(temp_files(&dir).is_empty());
+    }
+
+    /// Sets `path`'s modification time `secs` seconds into the past.
+    fn age(path: &Path, secs: u64) {
+        let then = SystemTime::now() - Duration::from_secs(secs);
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_only_old_unreferenced_artifacts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArtifactDir::open(tmp.path()).unwrap();
+        let put = |bytes: &[u8]| {
+            let digest = Digest::of(bytes);
+            dir.put(&digest, bytes).unwrap();
+            digest
+        };
+        let kept = put(b"referenced");
+        let orphan = put(b"orphan, old");
+        let recent = put(b"orphan, just uploaded");
+        let stray = dir.dir.join("notes.txt");
+        fs::write(&stray, b"not an artifact").unwrap();
+        for d in [&kept, &orphan] {
+            age(&dir.path(d), 7200);
+        }
+        age(&stray, 7200);
+        let keep = HashSet::from([kept.clone()]);
+
+        let swept = dir
+            .sweep_unreferenced(&keep, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                files: 1,
+                bytes: b"orphan, old".len() as u64
+            }
+        );
+        assert_eq!(dir.info(&orphan).unwrap(), None);
+        assert!(dir.info(&kept).unwrap().is_some(), "referenced code stays");
+        assert!(dir.info(&recent).unwrap().is_some(), "within its grace");
+        assert!(stray.exists(), "files not named by a digest are not ours");
+        let again = dir
+            .sweep_unreferenced(&keep, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(again, Swept::default());
+    }
+
+    #[test]
+    fn uploading_or_touching_again_restarts_the_grace_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArtifactDir::open(tmp.path()).unwrap();
+        let (a, b) = (b"first".as_slice(), b"second".as_slice());
+        let (da, db) = (Digest::of(a), Digest::of(b));
+        dir.put(&da, a).unwrap();
+        dir.put(&db, b).unwrap();
+        age(&dir.path(&da), 7200);
+        age(&dir.path(&db), 7200);
+        dir.put(&da, a).unwrap();
+        assert_eq!(dir.touch(&db).unwrap().map(|i| i.size), Some(6));
+        assert_eq!(dir.touch(&Digest::of(b"never uploaded")).unwrap(), None);
+        let swept = dir
+            .sweep_unreferenced(&HashSet::new(), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(swept.files, 0);
+        assert_eq!(dir.read(&da).unwrap(), a);
+        assert_eq!(dir.read(&db).unwrap(), b);
     }
 }

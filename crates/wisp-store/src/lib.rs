@@ -31,7 +31,7 @@ pub use triggers::{MAX_TRIGGERS, StoredTrigger, TriggerStore};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use wisp_core::{
-    Alias, AliasName, AliasRouting, Deployment, Function, FunctionInput, FunctionName,
+    Alias, AliasName, AliasRouting, Deployment, Digest, Function, FunctionInput, FunctionName,
     FunctionVersion, LogPage, LogStream, Qualifier, ValidationError, VersionId,
 };
 
@@ -240,6 +240,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every version, `latest` or published, whose `min_instances` is above
     /// zero: what the runtime warms at start.
     async fn warm_deployments(&self) -> Result<Vec<Arc<Deployment>>, StoreError>;
+
+    /// Every code digest that a function's `latest` or a published version
+    /// refers to: the artifacts that must be kept.
+    async fn code_digests(&self) -> Result<std::collections::HashSet<Digest>, StoreError>;
 
     /// Appends log records in one transaction, then prunes the oldest
     /// records beyond the retention cap.

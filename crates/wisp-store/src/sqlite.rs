@@ -1082,6 +1082,17 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn code_digests(&self) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        self.with_conn(move |_, conn| {
+            let mut stmt = conn.prepare(
+                "SELECT code_digest FROM functions UNION SELECT code_digest FROM versions",
+            )?;
+            let rows = stmt.query_map([], |row| Ok(row.get::<_, Parsed<Digest>>(0)?.0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn list_functions(
         &self,
         selector: &[(String, String)],
