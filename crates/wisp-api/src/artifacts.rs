@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wisp_core::{ArtifactInfo, Digest, ErrorBody, ErrorCode, Swept, ValidationError};
 use wisp_store::artifacts::ArtifactDir;
 
@@ -23,6 +24,8 @@ pub struct Artifacts {
     /// sweep, so that a sweep never removes code a write is about to refer
     /// to.
     claims: Arc<tokio::sync::RwLock<()>>,
+    /// Files and bytes the sweeps removed since start.
+    swept: Arc<[AtomicU64; 2]>,
 }
 
 /// Why a sweep of unreferenced code did not finish (it removed nothing, or
@@ -43,6 +46,22 @@ impl Artifacts {
         Artifacts {
             dir,
             claims: Arc::new(tokio::sync::RwLock::new(())),
+            swept: Arc::default(),
+        }
+    }
+
+    /// Adds what a sweep removed to the totals (`/metrics`); the sweep of
+    /// artifacts adds its own, the sweep of compiled code is added here.
+    pub fn record_swept(&self, swept: Swept) {
+        self.swept[0].fetch_add(swept.files, Ordering::Relaxed);
+        self.swept[1].fetch_add(swept.bytes, Ordering::Relaxed);
+    }
+
+    /// What the sweeps removed since start.
+    pub fn swept_total(&self) -> Swept {
+        Swept {
+            files: self.swept[0].load(Ordering::Relaxed),
+            bytes: self.swept[1].load(Ordering::Relaxed),
         }
     }
 
@@ -86,12 +105,14 @@ impl Artifacts {
         let _exclusive = self.claims.write().await;
         let keep = store.code_digests().await?;
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let (keep, swept) = tokio::task::spawn_blocking(move || {
             let swept = dir.sweep_unreferenced(&keep, grace)?;
-            Ok((keep, swept))
+            Ok::<_, SweepError>((keep, swept))
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)??;
+        self.record_swept(swept);
+        Ok((keep, swept))
     }
 
     async fn put(

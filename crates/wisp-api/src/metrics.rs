@@ -329,14 +329,19 @@ impl Metrics {
         runtime: RuntimeSnapshot,
         dropped_logs: u64,
     ) -> Result<String, fmt::Error> {
-        self.encode_with_triggers(runtime, dropped_logs, Vec::new())
+        let counters = ServerCounters {
+            dropped_logs,
+            ..ServerCounters::default()
+        };
+        self.encode_with_triggers(runtime, counters, Vec::new())
     }
 
-    /// [`encode`](Self::encode), plus the status of each trigger.
+    /// [`encode`](Self::encode) with all the server-wide counters, plus
+    /// the status of each trigger.
     pub fn encode_with_triggers(
         &self,
         mut runtime: RuntimeSnapshot,
-        dropped_logs: u64,
+        counters: ServerCounters,
         mut triggers: Vec<TriggerSample>,
     ) -> Result<String, fmt::Error> {
         triggers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -347,7 +352,7 @@ impl Metrics {
         registry.register_collector(Box::new(Scrape {
             series: self.series(),
             runtime,
-            dropped_logs,
+            counters,
             triggers,
         }));
         let mut out = String::new();
@@ -419,12 +424,22 @@ impl EncodeLabelSet for TriggerLabels<'_> {
     }
 }
 
+/// Server-wide counters kept outside the per-version series.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerCounters {
+    /// Log records dropped because the log writer fell behind.
+    pub dropped_logs: u64,
+    /// What the sweeps of unreferenced code removed since start (uploaded
+    /// components and compiled code together).
+    pub swept: wisp_core::Swept,
+}
+
 /// What one scrape encodes.
 #[derive(Debug)]
 struct Scrape {
     series: Vec<Series>,
     runtime: RuntimeSnapshot,
-    dropped_logs: u64,
+    counters: ServerCounters,
     triggers: Vec<TriggerSample>,
 }
 
@@ -693,7 +708,23 @@ impl Collector for Scrape {
             "Captured log records dropped because the log writer fell behind.",
             None,
             MetricType::Counter,
-            self.dropped_logs,
+            self.counters.dropped_logs,
+        )?;
+        single(
+            enc,
+            "wisp_code_swept_files",
+            "Files of code that nothing refers to any more (uploaded components, compiled code) removed by the sweep since the server started.",
+            None,
+            MetricType::Counter,
+            self.counters.swept.files,
+        )?;
+        single(
+            enc,
+            "wisp_code_swept",
+            "Bytes of code that nothing refers to any more removed by the sweep since the server started.",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            self.counters.swept.bytes,
         )?;
         family(
             enc,
@@ -753,9 +784,14 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
             .into_iter()
             .map(|(name, kind, status)| TriggerSample { name, kind, status })
             .collect();
-        telemetry
-            .metrics()
-            .encode_with_triggers(runtime, telemetry.dropped_logs(), triggers)
+        telemetry.metrics().encode_with_triggers(
+            runtime,
+            ServerCounters {
+                dropped_logs: telemetry.dropped_logs(),
+                swept: app.artifacts.swept_total(),
+            },
+            triggers,
+        )
     })
     .await;
     match encoded {
@@ -1091,6 +1127,22 @@ mod tests {
             Some((7 << 20) as f64)
         );
         assert_eq!(x.get("wisp_log_records_dropped_total", &[]), Some(9.0));
+        let swept = Metrics::default()
+            .encode_with_triggers(
+                RuntimeSnapshot::default(),
+                ServerCounters {
+                    dropped_logs: 0,
+                    swept: wisp_core::Swept {
+                        files: 3,
+                        bytes: 4096,
+                    },
+                },
+                Vec::new(),
+            )
+            .unwrap();
+        let swept = Exposition::parse(&swept);
+        assert_eq!(swept.get("wisp_code_swept_files_total", &[]), Some(3.0));
+        assert_eq!(swept.get("wisp_code_swept_bytes_total", &[]), Some(4096.0));
         // Sorted by function, for a stable output.
         let a = text.find(r#"wisp_queue_depth{function="alpha""#).unwrap();
         let z = text.find(r#"wisp_queue_depth{function="zeta""#).unwrap();
@@ -1121,6 +1173,8 @@ mod tests {
             ("wisp_instances", "gauge"),
             ("wisp_instance_memory_bytes", "gauge"),
             ("wisp_log_records_dropped", "counter"),
+            ("wisp_code_swept_files", "counter"),
+            ("wisp_code_swept_bytes", "counter"),
             ("wisp_trigger_up", "gauge"),
             ("wisp_trigger_events", "counter"),
         ];
@@ -1157,7 +1211,11 @@ mod tests {
             },
         ];
         let text = Metrics::default()
-            .encode_with_triggers(RuntimeSnapshot::default(), 0, samples)
+            .encode_with_triggers(
+                RuntimeSnapshot::default(),
+                ServerCounters::default(),
+                samples,
+            )
             .unwrap();
         let x = Exposition::parse(&text);
         let orders = [("trigger", "orders"), ("kind", "nats")];

@@ -356,6 +356,24 @@ async fn wait_gone(path: &std::path::Path, server: &Server) {
     }
 }
 
+/// Polls `/metrics` until `wisp_code_swept_files_total` is `n`; panics if
+/// it goes past `n` or is not there within 10 s.
+async fn swept_files_reach(server: &Server, n: f64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = server.metric("wisp_code_swept_files_total").await;
+        assert!(got.unwrap_or(0.0) <= n, "swept {got:?} files, expected {n}");
+        if got == Some(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "swept {got:?} files, expected {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
     // Its own cache of compiled code (a shared one is never swept).
@@ -435,6 +453,8 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
         file(&reply).exists(),
         "a fresh upload keeps its grace period"
     );
+    // square's component and compiled code, and the earlier engine's file.
+    swept_files_reach(&server, 3.0).await;
 
     // Deleting the version that ran `hello` lets its code go; `f` still runs.
     let (status, body) = api
@@ -444,6 +464,8 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
     wait_gone(&file(&hello), &server).await;
     wait_gone(&code(&hello), &server).await;
     assert!(file(&echo).exists());
+    swept_files_reach(&server, 5.0).await;
+    assert!(server.metric("wisp_code_swept_bytes_total").await.unwrap() > 0.0);
     let (status, _, body) = api.call("/fn/f").await;
     assert_eq!(status, 200, "{body}");
     let seen: Value = serde_json::from_str(&body).unwrap();

@@ -407,14 +407,16 @@ fn start_sweeper(
             let swept =
                 tokio::task::spawn_blocking(move || runtime.sweep_compiled(&keep, grace)).await;
             match swept {
-                Ok(Ok(swept)) if swept.files > 0 => {
-                    tracing::info!(
-                        files = swept.files,
-                        bytes = swept.bytes,
-                        "removed compiled code nothing refers to"
-                    )
+                Ok(Ok(swept)) => {
+                    app.artifacts.record_swept(swept);
+                    if swept.files > 0 {
+                        tracing::info!(
+                            files = swept.files,
+                            bytes = swept.bytes,
+                            "removed compiled code nothing refers to"
+                        );
+                    }
                 }
-                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "sweep of compiled code failed; will retry")
                 }
