@@ -94,9 +94,9 @@ impl Artifacts {
 
     /// Removes the artifacts that no function's `latest` and no published
     /// version refers to and that were last uploaded or referred to more
-    /// than `grace` ago. Answers what it removed and the digests still
-    /// referred to (for the sweep of compiled code). Writes that refer to
-    /// an artifact wait while it runs.
+    /// than `grace` ago. Answers what it removed and the digests of the
+    /// artifacts left, whose compiled code is to be kept. Writes that refer
+    /// to an artifact wait while it runs.
     pub async fn sweep(
         &self,
         store: &dyn wisp_store::MetadataStore,
@@ -105,14 +105,13 @@ impl Artifacts {
         let _exclusive = self.claims.write().await;
         let keep = store.code_digests().await?;
         let dir = self.dir.clone();
-        let (keep, swept) = tokio::task::spawn_blocking(move || {
-            let swept = dir.sweep_unreferenced(&keep, grace)?;
-            Ok::<_, SweepError>((keep, swept))
+        let (swept, left) = tokio::task::spawn_blocking(move || {
+            Ok::<_, SweepError>(dir.sweep_unreferenced(&keep, grace)?)
         })
         .await
         .map_err(std::io::Error::other)??;
         self.record_swept(swept);
-        Ok((keep, swept))
+        Ok((left, swept))
     }
 
     async fn put(

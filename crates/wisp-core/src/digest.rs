@@ -100,7 +100,8 @@ pub struct Swept {
 }
 
 /// Removes the files `<hex>.<extension>` in `dir` whose digest is not in
-/// `keep` and whose modification time is more than `grace` ago: the
+/// `keep` and whose modification time is more than `grace` ago, and
+/// answers what it removed and the digests of the files left: the
 /// sweep of both the uploaded artifacts and the cache of compiled code,
 /// which name files the same way. Other names are left alone.
 pub fn sweep_digest_files(
@@ -108,8 +109,9 @@ pub fn sweep_digest_files(
     extension: &str,
     keep: &HashSet<Digest>,
     grace: Duration,
-) -> io::Result<Swept> {
+) -> io::Result<(Swept, HashSet<Digest>)> {
     let mut swept = Swept::default();
+    let mut remaining = HashSet::new();
     let now = SystemTime::now();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -121,18 +123,18 @@ pub fn sweep_digest_files(
         else {
             continue;
         };
-        if keep.contains(&digest) {
+        let old = || {
+            entry.metadata().ok().filter(|m| m.is_file()).filter(|m| {
+                m.modified()
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > grace)
+            })
+        };
+        let Some(meta) = (!keep.contains(&digest)).then(old).flatten() else {
+            remaining.insert(digest);
             continue;
-        }
-        let Ok(meta) = entry.metadata() else { continue };
-        let old = meta
-            .modified()
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > grace);
-        if !meta.is_file() || !old {
-            continue;
-        }
+        };
         match fs::remove_file(entry.path()) {
             Ok(()) => {
                 swept.files += 1;
@@ -142,7 +144,7 @@ pub fn sweep_digest_files(
             Err(e) => return Err(e),
         }
     }
-    Ok(swept)
+    Ok((swept, remaining))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl CompiledCache {
     /// untouched for longer than `grace`. Whatever it removes is compiled
     /// again from its artifact if it is ever needed.
     pub(crate) fn sweep(&self, keep: &HashSet<Digest>, grace: Duration) -> std::io::Result<Swept> {
-        let mut swept = sweep_digest_files(&self.dir, "cwasm", keep, grace)?;
+        let (mut swept, _) = sweep_digest_files(&self.dir, "cwasm", keep, grace)?;
         for entry in std::fs::read_dir(&self.root)?.flatten() {
             let path = entry.path();
             let other_engine = path != self.dir

@@ -220,7 +220,8 @@ impl Runtime {
     }
 
     /// Removes from the cache of compiled code every component whose digest
-    /// is not in `keep` and that was compiled more than `grace` ago, and
+    /// is not in `keep` (the artifacts still stored) and that was compiled
+    /// more than `grace` ago (an upload compiles before it stores), and
     /// earlier engine builds' code (blocking file I/O). Code removed and
     /// needed after all is compiled again from its artifact.
     pub fn sweep_compiled(

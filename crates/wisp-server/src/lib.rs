@@ -385,8 +385,9 @@ fn start_sweeper(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let keep = match app.artifacts.sweep(app.store.as_ref(), grace).await {
-                Ok((keep, swept)) => {
+            // Compiled code goes with its artifact.
+            let stored = match app.artifacts.sweep(app.store.as_ref(), grace).await {
+                Ok((stored, swept)) => {
                     if swept.files > 0 {
                         tracing::info!(
                             files = swept.files,
@@ -394,7 +395,7 @@ fn start_sweeper(
                             "removed artifacts nothing refers to"
                         );
                     }
-                    keep
+                    stored
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sweep of unreferenced artifacts failed; will retry");
@@ -405,7 +406,7 @@ fn start_sweeper(
                 continue;
             };
             let swept =
-                tokio::task::spawn_blocking(move || runtime.sweep_compiled(&keep, grace)).await;
+                tokio::task::spawn_blocking(move || runtime.sweep_compiled(&stored, grace)).await;
             match swept {
                 Ok(Ok(swept)) => {
                     app.artifacts.record_swept(swept);

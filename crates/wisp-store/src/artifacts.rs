@@ -188,13 +188,18 @@ impl ArtifactDir {
     /// uploaded nor [`touch`](Self::touch)ed within `grace`: the code of
     /// deleted functions and versions, and uploads nothing refers to.
     /// Files it cannot read the age of, and names that are not digests,
-    /// are left alone.
-    pub fn sweep_unreferenced(&self, keep: &HashSet<Digest>, grace: Duration) -> io::Result<Swept> {
-        let swept = sweep_digest_files(&self.dir, EXTENSION, keep, grace)?;
+    /// are left alone. Answers what it removed and the digests of the
+    /// artifacts left.
+    pub fn sweep_unreferenced(
+        &self,
+        keep: &HashSet<Digest>,
+        grace: Duration,
+    ) -> io::Result<(Swept, HashSet<Digest>)> {
+        let (swept, left) = sweep_digest_files(&self.dir, EXTENSION, keep, grace)?;
         if swept.files > 0 {
             sync_dir(&self.dir)?;
         }
-        Ok(swept)
+        Ok((swept, left))
     }
 
     /// The bytes of the artifact named `digest` ([`io::ErrorKind::NotFound`]
@@ -392,9 +397,10 @@ mod tests {
         age(&stray, 7200);
         let keep = HashSet::from([kept.clone()]);
 
-        let swept = dir
+        let (swept, left) = dir
             .sweep_unreferenced(&keep, Duration::from_secs(3600))
             .unwrap();
+        assert_eq!(left, HashSet::from([kept.clone(), recent.clone()]));
         assert_eq!(
             swept,
             Swept {
@@ -406,7 +412,7 @@ mod tests {
         assert!(dir.info(&kept).unwrap().is_some(), "referenced code stays");
         assert!(dir.info(&recent).unwrap().is_some(), "within its grace");
         assert!(stray.exists(), "files not named by a digest are not ours");
-        let again = dir
+        let (again, _) = dir
             .sweep_unreferenced(&keep, Duration::from_secs(3600))
             .unwrap();
         assert_eq!(again, Swept::default());
@@ -425,10 +431,11 @@ mod tests {
         dir.put(&da, a).unwrap();
         assert_eq!(dir.touch(&db).unwrap().map(|i| i.size), Some(6));
         assert_eq!(dir.touch(&Digest::of(b"never uploaded")).unwrap(), None);
-        let swept = dir
+        let (swept, left) = dir
             .sweep_unreferenced(&HashSet::new(), Duration::from_secs(3600))
             .unwrap();
         assert_eq!(swept.files, 0);
+        assert_eq!(left.len(), 2);
         assert_eq!(dir.read(&da).unwrap(), a);
         assert_eq!(dir.read(&db).unwrap(), b);
     }
