@@ -25,7 +25,14 @@ pub struct Artifacts {
     /// to.
     claims: Arc<tokio::sync::RwLock<()>>,
     /// Files and bytes the sweeps removed since start.
-    swept: Arc<[AtomicU64; 2]>,
+    swept: Arc<SweptTotals>,
+}
+
+/// Running totals of what the sweeps removed.
+#[derive(Default)]
+struct SweptTotals {
+    files: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// Why a sweep of unreferenced code did not finish (it removed nothing, or
@@ -50,18 +57,17 @@ impl Artifacts {
         }
     }
 
-    /// Adds what a sweep removed to the totals (`/metrics`); the sweep of
-    /// artifacts adds its own, the sweep of compiled code is added here.
+    /// Adds what a sweep removed to the totals (`/metrics`).
     pub fn record_swept(&self, swept: Swept) {
-        self.swept[0].fetch_add(swept.files, Ordering::Relaxed);
-        self.swept[1].fetch_add(swept.bytes, Ordering::Relaxed);
+        self.swept.files.fetch_add(swept.files, Ordering::Relaxed);
+        self.swept.bytes.fetch_add(swept.bytes, Ordering::Relaxed);
     }
 
     /// What the sweeps removed since start.
     pub fn swept_total(&self) -> Swept {
         Swept {
-            files: self.swept[0].load(Ordering::Relaxed),
-            bytes: self.swept[1].load(Ordering::Relaxed),
+            files: self.swept.files.load(Ordering::Relaxed),
+            bytes: self.swept.bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -110,7 +116,6 @@ impl Artifacts {
         })
         .await
         .map_err(std::io::Error::other)??;
-        self.record_swept(swept);
         Ok((left, swept))
     }
 

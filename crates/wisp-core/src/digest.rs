@@ -123,15 +123,15 @@ pub fn sweep_digest_files(
         else {
             continue;
         };
-        let old = || {
-            entry.metadata().ok().filter(|m| m.is_file()).filter(|m| {
-                m.modified()
-                    .ok()
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_some_and(|age| age > grace)
+        let removable = if keep.contains(&digest) {
+            None
+        } else {
+            entry.metadata().ok().filter(|m| {
+                let age = m.modified().ok().and_then(|t| now.duration_since(t).ok());
+                m.is_file() && age.is_some_and(|age| age > grace)
             })
         };
-        let Some(meta) = (!keep.contains(&digest)).then(old).flatten() else {
+        let Some(meta) = removable else {
             remaining.insert(digest);
             continue;
         };

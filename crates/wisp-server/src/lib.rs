@@ -383,18 +383,23 @@ fn start_sweeper(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Counted on /metrics and logged.
+        let report = |what: &str, swept: wisp_core::Swept| {
+            app.artifacts.record_swept(swept);
+            if swept.files > 0 {
+                tracing::info!(
+                    files = swept.files,
+                    bytes = swept.bytes,
+                    "removed {what} nothing refers to"
+                );
+            }
+        };
         loop {
             tick.tick().await;
             // Compiled code goes with its artifact.
             let stored = match app.artifacts.sweep(app.store.as_ref(), grace).await {
                 Ok((stored, swept)) => {
-                    if swept.files > 0 {
-                        tracing::info!(
-                            files = swept.files,
-                            bytes = swept.bytes,
-                            "removed artifacts nothing refers to"
-                        );
-                    }
+                    report("artifacts", swept);
                     stored
                 }
                 Err(e) => {
@@ -405,22 +410,12 @@ fn start_sweeper(
             let Some(runtime) = own_cache.clone() else {
                 continue;
             };
-            let swept =
-                tokio::task::spawn_blocking(move || runtime.sweep_compiled(&stored, grace)).await;
+            let swept = tokio::task::spawn_blocking(move || runtime.sweep_compiled(&stored, grace))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|swept| swept);
             match swept {
-                Ok(Ok(swept)) => {
-                    app.artifacts.record_swept(swept);
-                    if swept.files > 0 {
-                        tracing::info!(
-                            files = swept.files,
-                            bytes = swept.bytes,
-                            "removed compiled code nothing refers to"
-                        );
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "sweep of compiled code failed; will retry")
-                }
+                Ok(swept) => report("compiled code", swept),
                 Err(e) => tracing::warn!(error = %e, "sweep of compiled code failed; will retry"),
             }
         }

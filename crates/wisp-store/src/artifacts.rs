@@ -126,20 +126,16 @@ impl ArtifactDir {
             size,
         };
         let path = self.path(digest);
-        match fs::metadata(&path) {
-            // Only complete files are ever renamed into place, so a file of
-            // the right size under this name holds these bytes. Uploading
-            // them again starts their grace period over.
-            Ok(meta) if meta.is_file() && meta.len() == size => {
-                touch(&path)?;
-                return Ok(info);
-            }
-            Ok(_) => tracing::warn!(
+        // Only complete files are ever renamed into place, so a file of the
+        // right size under this name holds these bytes. Uploading them
+        // again starts their grace period over.
+        match self.touch(digest)? {
+            Some(stored) if stored.size == size => return Ok(info),
+            Some(_) => tracing::warn!(
                 path = %path.display(),
                 "artifact file has the wrong size; rewriting it"
             ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            None => {}
         }
 
         let temp = self.dir.join(format!(
@@ -174,14 +170,28 @@ impl ArtifactDir {
     /// that [`sweep_unreferenced`](Self::sweep_unreferenced) keeps it for
     /// another grace period: for callers about to refer to it.
     pub fn touch(&self, digest: &Digest) -> io::Result<Option<ArtifactInfo>> {
-        let info = self.info(digest)?;
-        if info.is_some() {
-            match touch(&self.path(digest)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                other => other?,
+        let file = match OpenOptions::new().write(true).open(self.path(digest)) {
+            Ok(file) => file,
+            // Not there, or not a file (a directory cannot be opened to write).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
+                ) =>
+            {
+                return Ok(None);
             }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(None);
         }
-        Ok(info)
+        file.set_modified(SystemTime::now())?;
+        Ok(Some(ArtifactInfo {
+            digest: digest.clone(),
+            size: meta.len(),
+        }))
     }
 
     /// Removes every artifact that is not in `keep` and was neither
@@ -222,14 +232,6 @@ impl ArtifactSource for ArtifactDir {
     fn read(&self, digest: &Digest) -> io::Result<Vec<u8>> {
         ArtifactDir::read(self, digest)
     }
-}
-
-/// Sets a file's modification time to now.
-fn touch(path: &Path) -> io::Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_modified(SystemTime::now())
 }
 
 /// Creates `path` (which must not exist), writes `bytes` and fsyncs it.
