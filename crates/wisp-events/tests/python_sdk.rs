@@ -28,7 +28,9 @@ fn interop(mode: &str, input: &Value) -> Value {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py")
+    // Read at run time: a cached build may come from a checkout elsewhere.
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("tests/python/interop.py")
 }
 
 fn sdk_major(version: &str) -> u32 {

@@ -16,12 +16,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The repository root.
+/// The repository root: the nearest directory above the running test's
+/// package that holds `examples/wisp.toml`. Read at run time (cargo sets
+/// `CARGO_MANIFEST_DIR` for every test it runs), so that a build cached
+/// from a checkout elsewhere, and reused by cargo, still finds this one.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .ancestors()
-        .nth(2)
-        .expect("crate lives two levels below the root")
+        .find(|dir| dir.join("examples/wisp.toml").is_file())
+        .expect("the test runs inside a Wisp checkout")
         .to_path_buf()
 }
 
