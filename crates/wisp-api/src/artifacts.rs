@@ -132,28 +132,27 @@ impl Artifacts {
     }
 }
 
-impl From<std::io::Error> for ApiError {
-    fn from(e: std::io::Error) -> Self {
-        tracing::error!(error = %e, "artifact storage failure");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            format!("artifact storage failed: {e}"),
-        )
-    }
-}
+/// Media types of an upload; a request without a `Content-Type` is taken
+/// as raw bytes too.
+pub const UPLOAD_MEDIA_TYPES: [&str; 2] = ["application/wasm", "application/octet-stream"];
 
-/// Upload a component (the raw `.wasm` bytes as the body). It is validated,
+/// Upload a component (the raw `.wasm` bytes as the body, as
+/// `application/wasm` or `application/octet-stream`). It is validated,
 /// linked against Wisp's host interfaces and compiled before it is stored;
 /// uploading the same bytes again is a no-op that answers 200.
 #[utoipa::path(post, path = "/v1/artifacts", tag = "artifacts",
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content(
+        (inline(crate::schema::Binary) = "application/wasm"),
+        (inline(crate::schema::Binary) = "application/octet-stream"))),
     responses((status = 201, body = ArtifactInfo), (status = 200, body = ArtifactInfo),
-        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn upload_artifact(
     State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ArtifactInfo>)> {
+    crate::extract::require_media_type(&headers, &UPLOAD_MEDIA_TYPES)?;
     let bytes = read_body(body, wisp_core::limits::MAX_ARTIFACT_BYTES).await?;
     let digest = Digest::of(&bytes);
     // Uploading code already stored starts its grace period over.
@@ -167,7 +166,7 @@ pub async fn upload_artifact(
 
 /// Look up an uploaded artifact.
 #[utoipa::path(get, path = "/v1/artifacts/{digest}", tag = "artifacts",
-    params(("digest" = String, Path, description = "sha256:<hex>")),
+    params(("digest" = inline(wisp_core::Digest), Path, description = "sha256:<hex>")),
     responses((status = 200, body = ArtifactInfo), (status = 404, body = ErrorBody)))]
 pub async fn get_artifact(
     State(app): State<AppState>,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use wisp_core::{ErrorBody, ErrorCode, FunctionName, InvokeError, Qualifier, ValidationError};
+use wisp_core::{ErrorBody, FunctionName, InvokeError, Qualifier, ValidationError};
 use wisp_queue::{
     Completion, Enqueued, Invocation, LeaseToken, Leased, NewInvocation, Status, StoredRequest,
     StoredResponse,
@@ -28,52 +28,23 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "x-wisp-idempotency-key";
 
 /// Query of `POST /v1/functions/{name}/invocations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AsyncQuery {
     /// Version, alias or `latest` (the default), resolved when it runs.
+    #[param(value_type = Option<wisp_core::Qualifier>, inline)]
     qualifier: Option<String>,
     /// Path and query the function sees (default `/`).
+    #[param(schema_with = crate::schema::request_path)]
     path: Option<String>,
-}
-
-fn queue_error(e: wisp_queue::QueueError) -> ApiError {
-    use wisp_queue::QueueError as Q;
-    match e {
-        Q::Invalid(v) => v.into(),
-        Q::Full { .. } => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::Throttled,
-                e.to_string(),
-            );
-            err.retry_after = Some(1);
-            err
-        }
-        Q::BodyTooLarge { .. } | Q::BatchTooLarge { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            e.to_string(),
-        ),
-        Q::NotFound { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
-        }
-        other => {
-            tracing::error!(error = %other, "queue failure");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                other.to_string(),
-            )
-        }
-    }
 }
 
 /// Queue an invocation. The body and headers are passed to the function as
 /// a POST to `path`. Answers 202 with the invocation id once it is on disk;
 /// an idempotency key seen before answers 202 with the original id.
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "invocations",
-    params(("name" = String, Path, description = "Function name"), AsyncQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), AsyncQuery),
+    request_body(content = inline(crate::schema::Binary), content_type = "application/octet-stream"),
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn invoke_async(
@@ -126,13 +97,9 @@ pub(crate) async fn enqueue_request(
     invocation.partition_key = header(PARTITION_KEY_HEADER);
     invocation.idempotency_key = header(IDEMPOTENCY_KEY_HEADER);
     let mut accepted = enqueue(app, vec![invocation]).await?;
-    accepted.pop().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            "the queue answered nothing for the invocation",
-        )
-    })
+    accepted
+        .pop()
+        .ok_or_else(|| ApiError::internal("the queue answered nothing for the invocation"))
 }
 
 /// The queue's form of a function's asynchronous policy.
@@ -203,20 +170,16 @@ impl Serialize for Accepted {
 /// Enqueues a batch and describes each result as the 202 body does; a
 /// full queue refuses the whole request with 429.
 pub(crate) async fn enqueue(app: &AppState, batch: Vec<NewInvocation>) -> ApiResult<Vec<Accepted>> {
-    let results = app.queue.enqueue(batch).await.map_err(queue_error)?;
+    let results = app.queue.enqueue(batch).await?;
     let mut out = Vec::with_capacity(results.len());
     for result in results {
         let (id, duplicate) = match result {
             Enqueued::Accepted { id } => (id, false),
             Enqueued::Duplicate { id } => (id, true),
             Enqueued::Full { function } => {
-                let mut err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::Throttled,
-                    format!("the queue of `{function}` is full; retry later"),
-                );
-                err.retry_after = Some(1);
-                return Err(err);
+                return Err(ApiError::throttled(format!(
+                    "the queue of `{function}` is full; retry later"
+                )));
             }
         };
         out.push(Accepted { id, duplicate });
@@ -252,35 +215,34 @@ fn invocation_json(inv: &Invocation) -> serde_json::Value {
 
 /// One asynchronous invocation: status, attempts and result.
 #[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations",
-    params(("id" = String, Path, description = "Invocation id")),
+    params(("id" = inline(crate::schema::InvocationId), Path, description = "Invocation id")),
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 pub async fn get_invocation(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    match app.queue.get(&id).await.map_err(queue_error)? {
+    match app.queue.get(&id).await? {
         Some(inv) => Ok(Json(invocation_json(&inv))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!("no invocation `{id}`"),
-        )),
+        None => Err(ApiError::invocation_not_found(&id)),
     }
 }
 
 /// Query of `GET /v1/functions/{name}/invocations`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this status.
+    #[param(schema_with = crate::schema::invocation_status)]
     status: Option<String>,
     /// At most this many (1 to 1000, default 100).
+    #[param(schema_with = crate::schema::queue_list_limit)]
     limit: Option<u32>,
 }
 
 /// Recent asynchronous invocations of a function, newest first.
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "invocations",
-    params(("name" = String, Path, description = "Function name"), ListQuery),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ListQuery),
     responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody)))]
 pub async fn list_invocations(
     State(app): State<AppState>,
@@ -295,12 +257,8 @@ pub async fn list_invocations(
                 .map_err(|e| ValidationError::new("status", e.to_string()))
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    let list = app
-        .queue
-        .list(&name, status, limit, None)
-        .await
-        .map_err(queue_error)?;
+    let limit = crate::deadletters::list_limit(q.limit)?;
+    let list = app.queue.list(&name, status, limit, None).await?;
     let list: Vec<serde_json::Value> = list.iter().map(invocation_json).collect();
     Ok(Json(serde_json::json!({ "invocations": list })))
 }

@@ -116,8 +116,10 @@ async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Res
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A declared `Content-Length` over the limit is a 413; a chunked body
+    // that grows past it fails the function's read instead.
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(limit));
+        return Err(ApiError::payload_too_large(limit));
     }
     let body = http_body_util::Limited::new(body, limit)
         .map_err(|e| -> BoxError { e })
@@ -167,16 +169,6 @@ async fn enqueue(
     )
     .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
-}
-
-/// The 413 for a declared `Content-Length` over the limit. A chunked body
-/// that grows past it fails the function's read instead.
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        wisp_core::ErrorCode::PayloadTooLarge,
-        format!("the request body is over the limit of {limit} bytes"),
-    )
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use wisp_core::{ErrorBody, ErrorCode, FunctionName, Qualifier, ValidationError};
+use wisp_core::{ErrorBody, FunctionName, Qualifier, ValidationError};
 use wisp_queue::limits::MAX_LIST_LIMIT;
-use wisp_queue::{AsyncPolicy, Attempt, DeadLetter, Invocation, QueueError, StoredRequest};
+use wisp_queue::{AsyncPolicy, Attempt, DeadLetter, Invocation, StoredRequest};
 
 /// Dead letters listed when no `limit` is given.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -176,14 +176,17 @@ pub struct ReplayedAll {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this function's dead letters (default: every function's).
+    #[param(value_type = Option<FunctionName>, inline)]
     function: Option<String>,
     /// Only the dead letters of this dead-letter queue: `default`, or a
     /// name from an `on_failure = "dlq:QUEUE"` (default: every queue's).
+    #[param(value_type = Option<crate::schema::DeadLetterQueueName>, inline)]
     queue: Option<String>,
     /// At most this many (1 to 1000, default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(schema_with = crate::schema::queue_list_limit)]
     limit: Option<u32>,
     /// Only dead letters older than this id (a previous page's `next_before`).
+    #[param(value_type = Option<crate::schema::InvocationId>, inline)]
     before: Option<String>,
 }
 
@@ -194,6 +197,7 @@ pub struct ListQuery {
 pub struct ReplayQuery {
     /// Version, alias or `latest` to run the replay under (default: the
     /// dead letter's own qualifier).
+    #[param(value_type = Option<Qualifier>, inline)]
     qualifier: Option<String>,
 }
 
@@ -203,10 +207,11 @@ pub struct ReplayQuery {
 #[serde(deny_unknown_fields)]
 pub struct ReplayAllQuery {
     /// The function whose dead letters are replayed.
-    #[param(required = true)]
+    #[param(required = true, value_type = FunctionName, inline)]
     function: Option<String>,
     /// Version, alias or `latest` to run the replays under (default: each
     /// dead letter's own qualifier).
+    #[param(value_type = Option<Qualifier>, inline)]
     qualifier: Option<String>,
 }
 
@@ -223,12 +228,7 @@ pub async fn list_deadletters(
         wisp_core::destination::check_queue_name(queue)
             .map_err(|e| ValidationError::new("queue", e.to_string()))?;
     }
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-        return Err(
-            ValidationError::new("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")).into(),
-        );
-    }
+    let limit = list_limit(q.limit)?;
     if let Some(b) = &q.before
         && !wisp_queue::is_valid_id(b)
     {
@@ -246,8 +246,7 @@ pub async fn list_deadletters(
             limit,
             q.before.as_deref(),
         )
-        .await
-        .map_err(queue_error)?;
+        .await?;
     let next_before = if list.len() == limit as usize {
         list.last().map(|i| i.id.clone())
     } else {
@@ -261,7 +260,7 @@ pub async fn list_deadletters(
 
 /// One dead letter: every attempt's error, the original request and the policy.
 #[utoipa::path(get, path = "/v1/deadletters/{id}", tag = "deadletters",
-    params(("id" = String, Path, description = "Dead letter (invocation) id")),
+    params(("id" = inline(crate::schema::InvocationId), Path, description = "Dead letter (invocation) id")),
     responses((status = 200, body = DeadLetterDetail), (status = 404, body = ErrorBody)))]
 pub async fn get_deadletter(
     State(app): State<AppState>,
@@ -277,13 +276,13 @@ pub async fn get_deadletter(
 
 /// Delete a dead letter with its request.
 #[utoipa::path(delete, path = "/v1/deadletters/{id}", tag = "deadletters",
-    params(("id" = String, Path, description = "Dead letter (invocation) id")),
+    params(("id" = inline(crate::schema::InvocationId), Path, description = "Dead letter (invocation) id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_deadletter(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if app.queue.delete_dead(&id).await.map_err(queue_error)? {
+    if app.queue.delete_dead(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&app, &id).await)
@@ -294,7 +293,7 @@ pub async fn delete_deadletter(
 /// the same policy and partition key, under `qualifier` or its own. The
 /// dead letter leaves the queue (it stays readable at `/v1/invocations/{id}`).
 #[utoipa::path(post, path = "/v1/deadletters/{id}/replay", tag = "deadletters",
-    params(("id" = String, Path, description = "Dead letter (invocation) id"), ReplayQuery),
+    params(("id" = inline(crate::schema::InvocationId), Path, description = "Dead letter (invocation) id"), ReplayQuery),
     responses((status = 202, body = Replayed), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn replay_deadletter(
@@ -316,11 +315,7 @@ pub async fn replay_deadletter(
         .resolve(&letter.invocation.function, &parsed)
         .await?;
     let qualifier = target.to_string();
-    let new_id = app
-        .queue
-        .replay(&id, q.qualifier)
-        .await
-        .map_err(queue_error)?;
+    let new_id = app.queue.replay(&id, q.qualifier).await?;
     app.dispatcher_wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
@@ -359,11 +354,7 @@ pub async fn replay_all_deadletters(
     };
     // An unknown function (or target qualifier) is a 404, not a silent zero.
     app.store.resolve(&function, &parsed).await?;
-    let replayed = app
-        .queue
-        .replay_all(&function, q.qualifier)
-        .await
-        .map_err(queue_error)?;
+    let replayed = app.queue.replay_all(&function, q.qualifier).await?;
     if replayed > 0 {
         app.dispatcher_wake.notify_one();
     }
@@ -377,13 +368,13 @@ pub async fn replay_all_deadletters(
 
 /// The dead letter `id`, or a 404.
 async fn find(app: &AppState, id: &str) -> ApiResult<DeadLetter> {
-    match app.queue.dead_letter(id).await.map_err(queue_error)? {
+    match app.queue.dead_letter(id).await? {
         Some(letter) => Ok(letter),
         None => Err(not_found(app, id).await),
     }
 }
 
-/// 404 `not_found` for `id`, saying why when the invocation exists but is
+/// 404 `dead_letter_not_found` for `id`, saying why when the invocation exists but is
 /// not in the dead-letter queue (replayed, or never dead).
 async fn not_found(app: &AppState, id: &str) -> ApiError {
     let message = match app.queue.get(id).await {
@@ -398,7 +389,19 @@ async fn not_found(app: &AppState, id: &str) -> ApiError {
         },
         _ => format!("no dead letter `{id}`"),
     };
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+    ApiError::dead_letter_not_found(message)
+}
+
+/// The `limit` of a listing of the queue: 1 to `MAX_LIST_LIMIT`, by
+/// default [`DEFAULT_LIST_LIMIT`].
+pub(crate) fn list_limit(limit: Option<u32>) -> ApiResult<u32> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(
+            ValidationError::new("limit", format!("must be from 1 to {MAX_LIST_LIMIT}")).into(),
+        );
+    }
+    Ok(limit)
 }
 
 /// Parses the `function` query field.
@@ -416,33 +419,6 @@ fn qualifier_field(s: &str) -> ApiResult<Qualifier> {
         )
         .into()
     })
-}
-
-/// The HTTP answer for a failed queue call.
-fn queue_error(e: QueueError) -> ApiError {
-    match e {
-        QueueError::Invalid(v) => v.into(),
-        QueueError::NotFound { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
-        }
-        QueueError::Full { .. } => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::Throttled,
-                e.to_string(),
-            );
-            err.retry_after = Some(1);
-            err
-        }
-        other => {
-            tracing::error!(error = %other, "dead-letter queue failure");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                other.to_string(),
-            )
-        }
-    }
 }
 
 /// Standard base64 (RFC 4648 section 4) with padding.

@@ -7,7 +7,7 @@
 //! `http::Request`, and the answer is serialized from plain structs.
 
 use crate::asynchronous::{Accepted, PARTITION_KEY_HEADER, enqueue};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{ApiQuery, read_body};
 use crate::{AppState, function_name};
 use axum::Json;
@@ -15,8 +15,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use wisp_core::{ErrorBody, ErrorCode, Qualifier, ValidationError};
-use wisp_events::{AttributesReader, Event, EventError};
+use wisp_core::{ErrorBody, Qualifier, ValidationError};
+use wisp_events::{AttributesReader, Event};
 use wisp_queue::{NewInvocation, StoredRequest};
 
 /// Largest events request body (a whole batch), in bytes.
@@ -24,28 +24,12 @@ pub const MAX_EVENTS_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Query of `POST /v1/functions/{name}/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Version, alias or `latest` (the default), resolved when each event runs.
+    #[param(value_type = Option<Qualifier>, inline)]
     qualifier: Option<String>,
-}
-
-impl From<EventError> for ApiError {
-    fn from(e: EventError) -> Self {
-        let status = e.status_code();
-        let code = match status.as_u16() {
-            413 => ErrorCode::PayloadTooLarge,
-            _ if e.attribute().is_some() => ErrorCode::InvalidField,
-            _ => ErrorCode::InvalidRequest,
-        };
-        let mut err = ApiError::new(
-            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST),
-            code,
-            e.to_string(),
-        );
-        err.body.field = e.attribute().map(str::to_string);
-        err
-    }
 }
 
 /// The queued form of one event: a binary-mode POST to `/`, ordered by the
@@ -146,7 +130,7 @@ struct EventsAccepted<'a> {
 /// effectively-once function, an event whose `source` and `id` were seen
 /// before (within the idempotency window) gets its original invocation id.
 #[utoipa::path(post, path = "/v1/functions/{name}/events", tag = "invocations",
-    params(("name" = String, Path, description = "Function name"), EventsQuery),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), EventsQuery),
     request_body(content = Vec<u8>, content_type = "application/cloudevents+json"),
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),

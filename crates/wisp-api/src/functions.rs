@@ -33,9 +33,11 @@ fn version_number(s: &str) -> Result<u32, ApiError> {
 
 /// Query of `GET /v1/functions`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Label selector: `key=value` pairs separated by commas; all must match.
+    #[param(schema_with = crate::schema::label_selector)]
     label: Option<String>,
 }
 
@@ -119,7 +121,7 @@ pub async fn create_function(
 
 /// Get a function with its versions and aliases.
 #[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = Function), (status = 404, body = ErrorBody)))]
 pub async fn get_function(
     State(app): State<AppState>,
@@ -130,7 +132,7 @@ pub async fn get_function(
 
 /// Create or replace `latest`; fields not given take their defaults.
 #[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", request_body = FunctionInput,
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = Function), (status = 201, body = Function), (status = 400, body = ErrorBody)))]
 pub async fn put_function(
     State(app): State<AppState>,
@@ -149,7 +151,7 @@ pub async fn put_function(
 
 /// Change the given fields of `latest`.
 #[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = FunctionInput,
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = Function), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_function(
     State(app): State<AppState>,
@@ -163,7 +165,7 @@ pub async fn patch_function(
 
 /// Delete a function with all its versions and aliases.
 #[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_function(
     State(app): State<AppState>,
@@ -179,7 +181,7 @@ pub async fn delete_function(
 /// Publish `latest` as the next immutable version (or return the newest
 /// version if nothing changed since it).
 #[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 201, body = FunctionVersion), (status = 200, body = FunctionVersion), (status = 404, body = ErrorBody)))]
 pub async fn publish_version(
     State(app): State<AppState>,
@@ -197,7 +199,7 @@ pub async fn publish_version(
 
 /// List published versions.
 #[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = VersionList), (status = 404, body = ErrorBody)))]
 pub async fn list_versions(
     State(app): State<AppState>,
@@ -209,7 +211,7 @@ pub async fn list_versions(
 
 /// Get one published version.
 #[utoipa::path(get, path = "/v1/functions/{name}/versions/{version}", tag = "versions",
-    params(("name" = String, Path, description = "Function name"), ("version" = u32, Path, description = "Version number")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("version" = u32, Path, minimum = 1, description = "Version number")),
     responses((status = 200, body = FunctionVersion), (status = 404, body = ErrorBody)))]
 pub async fn get_version(
     State(app): State<AppState>,
@@ -225,7 +227,7 @@ pub async fn get_version(
 
 /// Delete one published version; 409 if an alias points at it.
 #[utoipa::path(delete, path = "/v1/functions/{name}/versions/{version}", tag = "versions",
-    params(("name" = String, Path, description = "Function name"), ("version" = u32, Path, description = "Version number")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("version" = u32, Path, minimum = 1, description = "Version number")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_version(
     State(app): State<AppState>,
@@ -244,7 +246,7 @@ pub async fn delete_version(
 
 /// Create an alias.
 #[utoipa::path(post, path = "/v1/functions/{name}/aliases", tag = "aliases", request_body = AliasInput,
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 201, body = Alias), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_alias(
     State(app): State<AppState>,
@@ -271,7 +273,7 @@ pub async fn create_alias(
 
 /// List a function's aliases.
 #[utoipa::path(get, path = "/v1/functions/{name}/aliases", tag = "aliases",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = AliasList), (status = 404, body = ErrorBody)))]
 pub async fn list_aliases(
     State(app): State<AppState>,
@@ -283,7 +285,7 @@ pub async fn list_aliases(
 
 /// Get one alias.
 #[utoipa::path(get, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases",
-    params(("name" = String, Path, description = "Function name"), ("alias" = String, Path, description = "Alias name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("alias" = inline(wisp_core::AliasName), Path, description = "Alias name")),
     responses((status = 200, body = Alias), (status = 404, body = ErrorBody)))]
 pub async fn get_alias(
     State(app): State<AppState>,
@@ -297,7 +299,7 @@ pub async fn get_alias(
 
 /// Repoint an alias (its version and routing are replaced).
 #[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = AliasInput,
-    params(("name" = String, Path, description = "Function name"), ("alias" = String, Path, description = "Alias name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("alias" = inline(wisp_core::AliasName), Path, description = "Alias name")),
     responses((status = 200, body = Alias), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update_alias(
     State(app): State<AppState>,
@@ -319,7 +321,7 @@ pub async fn update_alias(
 
 /// Delete an alias.
 #[utoipa::path(delete, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases",
-    params(("name" = String, Path, description = "Function name"), ("alias" = String, Path, description = "Alias name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("alias" = inline(wisp_core::AliasName), Path, description = "Alias name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_alias(
     State(app): State<AppState>,

@@ -24,6 +24,7 @@ pub mod events;
 pub mod extract;
 pub mod functions;
 pub mod metrics;
+pub mod schema;
 pub mod telemetry;
 pub mod triggers;
 
@@ -155,13 +156,90 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// `doc` with the routes that need no token: health, metrics, webhooks.
 fn with_unauthenticated_routes(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
-    let (_, health_doc) = OpenApiRouter::<AppState>::new()
+    document_errors(&mut doc, true);
+    let (_, mut open_doc) = OpenApiRouter::<AppState>::new()
         .routes(routes!(health))
         .routes(routes!(metrics::scrape))
         .routes(routes!(triggers::webhook))
         .split_for_parts();
-    doc.merge(health_doc);
+    document_errors(&mut open_doc, false);
+    doc.merge(open_doc);
+    document_optional_bodies(&mut doc);
     doc
+}
+
+/// Operations whose body may be left out: an empty update changes nothing,
+/// and an invocation or a webhook delivery may carry no body. (Every other
+/// body has a field that is required.)
+const OPTIONAL_BODIES: [(&str, &str); 3] = [
+    ("patch", "/v1/functions/{name}"),
+    ("post", "/v1/functions/{name}/invocations"),
+    ("post", "/hooks/{name}"),
+];
+
+/// Marks the bodies of [`OPTIONAL_BODIES`] as optional.
+fn document_optional_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::Required;
+    for (method, path) in OPTIONAL_BODIES {
+        let op = doc.paths.paths.get_mut(path).and_then(|item| match method {
+            "post" => item.post.as_mut(),
+            "put" => item.put.as_mut(),
+            "patch" => item.patch.as_mut(),
+            _ => None,
+        });
+        if let Some(utoipa::openapi::RefOr::T(body)) = op.and_then(|op| op.request_body.as_mut()) {
+            body.required = Some(Required::False);
+        }
+    }
+}
+
+/// Adds the errors every operation of a kind can answer, the same way the
+/// handlers reach them: 400 where a parameter or a body is parsed (every
+/// handler checks its input), 413 where a body is read (always with a
+/// limit), and 401 where the control API's token is checked.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi, token: bool) {
+    use utoipa::openapi::{Content, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error(description).into());
+            };
+            if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || op.request_body.is_some() {
+                add(
+                    "400",
+                    "The input is invalid: `invalid_request` or `invalid_field`",
+                );
+            }
+            if op.request_body.is_some() {
+                add("413", "The body is over its limit: `payload_too_large`");
+            }
+            if token {
+                add(
+                    "401",
+                    "The bearer token is missing or wrong: `unauthorized`",
+                );
+            }
+        }
+    }
 }
 
 /// `GET /v1/openapi.json`: the document, serialized once when the router

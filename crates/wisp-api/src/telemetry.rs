@@ -241,21 +241,24 @@ async fn write_logs(store: Arc<dyn MetadataStore>, mut rx: mpsc::Receiver<NewLog
 
 /// Query of `GET /v1/functions/{name}/logs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Only this invocation.
     request_id: Option<String>,
     /// Only invocations started at or after this RFC 3339 time.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     since: Option<String>,
     /// Only records after this id (from `next_after`).
     after: Option<i64>,
     /// At most this many records (1 to 1000; default 100).
+    #[param(schema_with = crate::schema::log_limit)]
     limit: Option<u32>,
 }
 
 /// Read a function's captured output.
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "observability",
-    params(("name" = String, Path, description = "Function name"), LogsQuery),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), LogsQuery),
     responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_logs(
     State(app): State<AppState>,
@@ -301,7 +304,7 @@ pub async fn get_logs(
 
 /// Invocation counters and duration percentiles over the last 15 minutes.
 #[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "observability",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = FunctionStats), (status = 404, body = ErrorBody)))]
 pub async fn get_stats(
     State(app): State<AppState>,

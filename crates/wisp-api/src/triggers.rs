@@ -18,7 +18,7 @@ use wisp_queue::{Enqueued, Status as QueueStatus, StoredRequest};
 use wisp_store::{StoreError, StoredTrigger};
 use wisp_triggers::{
     BatchOutcome, CursorStore, Delivery, EventSink, Message, SinkError, SourceConfig, Trigger,
-    TriggerError, TriggerSpec,
+    TriggerSpec,
 };
 
 /// Largest trigger definition accepted, in bytes.
@@ -177,14 +177,6 @@ impl CursorStore for QueueSink {
     }
 }
 
-impl From<TriggerError> for ApiError {
-    fn from(e: TriggerError) -> Self {
-        let field = e.field().to_string();
-        let TriggerError::Invalid { message, .. } = e;
-        ValidationError::new(field, message).into()
-    }
-}
-
 fn trigger_name(s: &str) -> Result<String, ApiError> {
     // The same rule as function names.
     s.parse::<FunctionName>()
@@ -288,7 +280,7 @@ pub async fn create_trigger(
 
 /// Create or replace a trigger with this name.
 #[utoipa::path(put, path = "/v1/triggers/{name}", tag = "triggers",
-    params(("name" = String, Path, description = "Trigger name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Trigger name (the rule of function names)")),
     request_body = TriggerSpec,
     responses((status = 200, body = serde_json::Value), (status = 201, body = serde_json::Value),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -326,30 +318,32 @@ pub async fn list_triggers(State(app): State<AppState>) -> ApiResult<Json<serde_
 
 /// One trigger, with its status.
 #[utoipa::path(get, path = "/v1/triggers/{name}", tag = "triggers",
-    params(("name" = String, Path, description = "Trigger name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Trigger name (the rule of function names)")),
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 pub async fn get_trigger(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let stored = app.trigger_store.get_trigger(&name).await?;
+    let stored = app.trigger_store.get_trigger(&trigger_name(&name)?).await?;
     Ok(Json(view(&app, &decode(&stored)?)))
 }
 
 /// Delete a trigger; its source stops.
 #[utoipa::path(delete, path = "/v1/triggers/{name}", tag = "triggers",
-    params(("name" = String, Path, description = "Trigger name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Trigger name (the rule of function names)")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_trigger(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let name = trigger_name(&name)?;
     app.trigger_store.delete_trigger(&name).await?;
     app.triggers.remove(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_enabled(app: &AppState, name: &str, enabled: bool) -> ApiResult<serde_json::Value> {
+    let name = &trigger_name(name)?;
     let stored = app.trigger_store.get_trigger(name).await?;
     let mut trigger = decode(&stored)?;
     trigger.spec.enabled = enabled;
@@ -358,7 +352,7 @@ async fn set_enabled(app: &AppState, name: &str, enabled: bool) -> ApiResult<ser
 
 /// Enable a trigger: its source starts consuming.
 #[utoipa::path(post, path = "/v1/triggers/{name}/enable", tag = "triggers",
-    params(("name" = String, Path, description = "Trigger name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Trigger name (the rule of function names)")),
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 pub async fn enable_trigger(
     State(app): State<AppState>,
@@ -369,37 +363,13 @@ pub async fn enable_trigger(
 
 /// Disable a trigger: its source stops; the definition is kept.
 #[utoipa::path(post, path = "/v1/triggers/{name}/disable", tag = "triggers",
-    params(("name" = String, Path, description = "Trigger name")),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Trigger name (the rule of function names)")),
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 pub async fn disable_trigger(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(set_enabled(&app, &name, false).await?))
-}
-
-fn sink_error(e: SinkError) -> ApiError {
-    match e {
-        SinkError::Full => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::Throttled,
-                "the target function's queue is full; retry later",
-            );
-            err.retry_after = Some(1);
-            err
-        }
-        SinkError::Target(m) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::FunctionUnavailable,
-            format!("the trigger's target is unavailable: {m}"),
-        ),
-        SinkError::Unavailable(m) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            format!("the event could not be queued: {m}"),
-        ),
-    }
 }
 
 /// Headers a webhook's event does not keep.
@@ -416,8 +386,8 @@ const DROPPED_HOOK_HEADERS: &[&str] = &[
 /// nothing queued if the signature is missing or wrong), then queued as
 /// one event (202 once it is on disk).
 #[utoipa::path(post, path = "/hooks/{name}", tag = "triggers",
-    params(("name" = String, Path, description = "Webhook trigger name")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("name" = inline(wisp_core::FunctionName), Path, description = "Webhook trigger name")),
+    request_body(content = inline(crate::schema::Binary), content_type = "application/octet-stream"),
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -473,9 +443,7 @@ pub async fn webhook(
     })
     .map_err(ApiError::from)?;
     let id = wisp_events::AttributesReader::id(&event).to_string();
-    ctx.dispatch(vec![Delivery::new(event)])
-        .await
-        .map_err(sink_error)?;
+    ctx.dispatch(vec![Delivery::new(event)]).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "accepted": true, "event_id": id })),

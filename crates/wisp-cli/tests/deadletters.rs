@@ -239,7 +239,11 @@ async fn dead_letters_are_listed_inspected_and_replayed_once_fixed() {
         "/v1/deadletters/{id}",
     )
     .await;
-    assert_eq!((status, &err["code"]), (404, &json!("not_found")), "{err}");
+    assert_eq!(
+        (status, &err["code"]),
+        (404, &json!("dead_letter_not_found")),
+        "{err}"
+    );
     assert!(
         err["message"].as_str().unwrap().contains(&new),
         "says what it was replayed as: {err}"
@@ -366,13 +370,20 @@ async fn dead_letters_are_deleted_and_bad_requests_name_their_field() {
     let (status, body) = call(&api, &doc, Method::DELETE, &path, template).await;
     assert_eq!((status, &body), (204, &Value::Null));
     let (status, err) = call(&api, &doc, Method::DELETE, &path, template).await;
-    assert_eq!((status, &err["code"]), (404, &json!("not_found")));
+    assert_eq!(
+        (status, &err["code"]),
+        (404, &json!("dead_letter_not_found"))
+    );
     let (status, _) = call(&api, &doc, Method::GET, &path, template).await;
     assert_eq!(status, 404);
-    let (status, _) = api
+    let (status, err) = api
         .send(Method::GET, &format!("/v1/invocations/{id}"), None)
         .await;
-    assert_eq!(status, 404, "deleted with its record");
+    assert_eq!(
+        (status.as_u16(), &err["code"]),
+        (404, &json!("invocation_not_found")),
+        "deleted with its record: {err}"
+    );
 
     // Unknown ids, well-formed or not.
     let unknown = "0".repeat(32);
@@ -388,7 +399,7 @@ async fn dead_letters_are_deleted_and_bad_requests_name_their_field() {
         ] {
             let (status, err) = call(&api, &doc, method.clone(), &path, template).await;
             assert_eq!(status, 404, "{method} {path}: {err}");
-            assert_eq!(err["code"], "not_found");
+            assert_eq!(err["code"], "dead_letter_not_found");
         }
     }
 
@@ -508,7 +519,7 @@ fn the_cli_lists_inspects_deletes_and_replays_dead_letters() {
     assert_eq!(out.trim(), format!("deleted dead letter {}", ids[2]));
     let (code, _, err) = run(&["dlq", "delete", &ids[2]]);
     assert_eq!(code, 1, "an unknown dead letter is a server refusal");
-    assert!(err.contains("not_found"), "{err}");
+    assert!(err.contains("dead_letter_not_found"), "{err}");
 
     // Fix the function, then replay one explicitly and the rest at once.
     let (code, _, err) = run(&["update", "panic", "--wasm", &wasm("hello")]);

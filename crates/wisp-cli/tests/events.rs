@@ -124,6 +124,8 @@ async fn invalid_events_name_the_attribute_and_duplicates_are_folded() {
         .await
         .unwrap();
     assert_eq!(res.status(), 415);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "unsupported_media_type", "{err}");
 
     let (status, list) = api
         .send(Method::GET, "/v1/functions/hello/invocations", None)

@@ -85,6 +85,21 @@ async fn responses_match_the_openapi_document() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
+    // Path parameters are the template's, and only those.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let in_template = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    p["in"] == "path",
+                    in_template,
+                    "{method} {path}: parameter {name} is in {}",
+                    p["in"]
+                );
+            }
+        }
+    }
     let res = reqwest::get(server.at("/v1/openapi.json")).await.unwrap();
     assert_eq!(res.headers()["content-type"], "application/json");
     let doc = Doc(doc);
@@ -286,5 +301,93 @@ async fn responses_match_the_openapi_document() {
     assert_eq!(
         c.call(Method::DELETE, "/v1/functions/doc", f, None).await.0,
         204
+    );
+}
+
+/// Examples Schemathesis generates per operation and phase: enough to try
+/// every parameter's bounds, few enough to finish in about a minute on two
+/// slow cores.
+const CONTRACT_EXAMPLES: &str = "25";
+/// The longest the contract run may take before the test fails.
+const CONTRACT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// Schemathesis (`st run --checks all`) over every operation of the served
+/// document, with the token, against a server where a function with a
+/// published version and an alias exists: every answer must be documented
+/// (status, content type, headers, body schema), every schema-valid
+/// request accepted and every schema-violating one refused. Any failure
+/// fails the test with Schemathesis' report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure() {
+    let server = Server::start_shared_with(env!("CARGO_BIN_EXE_wisp"), &["--require-token"]);
+    let api = Api::with_token(&server);
+    // Something for the generated requests to find: Schemathesis' first
+    // names are the shortest the patterns allow.
+    api.deploy("a", "hello", json!({})).await;
+    let (status, body) = api
+        .send(Method::POST, "/v1/functions/a/versions", None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/v1/functions/a/aliases",
+            Some(json!({"name": "b", "version": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo"));
+    let config = manifest.join("tests/contract/schemathesis.toml");
+    let reports = tempfile::tempdir().expect("tempdir");
+    let mut st = wisp_testkit::python::SCHEMATHESIS.python();
+    st.args(["-m", "schemathesis.cli", "--no-color", "--config-file"])
+        .arg(&config)
+        .arg("run")
+        .arg(server.at("/v1/openapi.json"))
+        .args(["--checks", "all"])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", server.token()),
+        ])
+        .args(["--max-examples", CONTRACT_EXAMPLES])
+        // A fixed seed: the same document gets the same requests.
+        .args(["--seed", "1"])
+        // One worker: the run is bounded by the server, not by Python.
+        .args(["--workers", "1"])
+        .args(["--request-timeout", "30"])
+        // The trigger definitions' schema has many alternatives; most
+        // generated bodies are filtered out, which is expected.
+        .args(["--suppress-health-check", "filter_too_much"])
+        .arg("--report-dir")
+        .arg(reports.path())
+        .current_dir(reports.path());
+    // Into a file, so that a long report never blocks the run on a pipe.
+    let out_path = reports.path().join("output.txt");
+    let out = std::fs::File::create(&out_path).expect("report file");
+    st.stdout(out.try_clone().expect("report file")).stderr(out);
+    let mut child = st.spawn().expect("running schemathesis");
+    let started = std::time::Instant::now();
+    let report = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for schemathesis") {
+            break status;
+        }
+        if started.elapsed() > CONTRACT_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("schemathesis ran past {CONTRACT_DEADLINE:?}:\n{}", report());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let report = report();
+    assert!(
+        status.success(),
+        "schemathesis found failures ({status}):\n{report}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        report.contains("Tested: "),
+        "schemathesis tested nothing:\n{report}"
     );
 }

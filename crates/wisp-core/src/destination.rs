@@ -228,6 +228,10 @@ fn function(s: &str) -> Result<Destination, DestinationError> {
         .map_err(|e| DestinationError::new(format!("`{s}` is not NAME[:QUALIFIER]: {e}")))
 }
 
+/// [`check_queue_name`]'s rule as an ECMA-262 pattern, for the OpenAPI
+/// document.
+pub const QUEUE_NAME_PATTERN: &str = "^[a-z][a-z0-9-]*$";
+
 /// Checks a dead-letter queue name: 1 to 63 characters of `[a-z0-9-]`,
 /// starting with a letter.
 pub fn check_queue_name(name: &str) -> Result<(), DestinationError> {

@@ -19,6 +19,8 @@ pub enum ErrorCode {
     CompileLimitExceeded,
     /// The request body is over a documented limit.
     PayloadTooLarge,
+    /// The request body's `Content-Type` is not one the route takes.
+    UnsupportedMediaType,
     /// A bearer token is required or the one given is wrong.
     Unauthorized,
     /// No function with that name.
@@ -31,9 +33,15 @@ pub enum ErrorCode {
     ArtifactNotFound,
     /// No trigger with that name.
     TriggerNotFound,
+    /// No asynchronous invocation with that id (or it was pruned).
+    InvocationNotFound,
+    /// No dead letter with that id: unknown, deleted, replayed, or an
+    /// invocation that is not dead.
+    DeadLetterNotFound,
     /// A webhook's HMAC signature is missing or wrong.
     InvalidSignature,
-    /// No such route.
+    /// No such route (a missing resource has a code of its own, such as
+    /// `function_not_found`).
     NotFound,
     /// The HTTP method is not allowed on this route.
     MethodNotAllowed,

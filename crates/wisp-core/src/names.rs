@@ -14,6 +14,40 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 /// Longest function or alias name.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// [`FunctionName`]'s rule as an ECMA-262 pattern, for the OpenAPI
+/// document (the same rule names triggers). A test checks that it accepts
+/// exactly what the parser accepts.
+pub const NAME_PATTERN: &str = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// [`AliasName`]'s rule as a pattern: a name, and not `latest`.
+pub const ALIAS_PATTERN: &str = "^(?!latest$)[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// [`Qualifier`]'s rule as a pattern: `latest`, a version number from 1
+/// to `u32::MAX` (leading zeros allowed) or an alias name.
+pub const QUALIFIER_PATTERN: &str = concat!(
+    "^(latest|",
+    "0*([1-9][0-9]{0,8}|[1-3][0-9]{9}|4[01][0-9]{8}|42[0-8][0-9]{7}",
+    "|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}",
+    "|4294967[01][0-9]{2}|42949672[0-8][0-9]|429496729[0-5])",
+    "|[a-z]([a-z0-9-]{0,61}[a-z0-9])?)$"
+);
+
+/// A string schema with a pattern (and a length bound, if any), for the
+/// OpenAPI document.
+pub fn string_schema(
+    pattern: &str,
+    max_length: Option<usize>,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(max_length)
+        .description(Some(description))
+        .into()
+}
+
 /// Why a name or qualifier was rejected.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
@@ -47,7 +81,7 @@ fn check_name(s: &str) -> Result<(), NameError> {
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $ty:ident, $check:expr) => {
+    ($(#[$doc:meta])* $ty:ident, $pattern:expr, $what:expr, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -96,10 +130,7 @@ macro_rules! name_type {
 
         impl utoipa::PartialSchema for $ty {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .pattern(Some("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"))
-                    .into()
+                string_schema($pattern, Some(MAX_NAME_LEN), $what)
             }
         }
 
@@ -111,12 +142,16 @@ name_type!(
     /// A function name: 1 to 63 characters of `[a-z0-9-]`, starting with a
     /// letter and not ending with `-`.
     FunctionName,
+    NAME_PATTERN,
+    "1 to 63 characters of `[a-z0-9-]`, starting with a letter and not ending with `-`",
     check_name
 );
 
 name_type!(
     /// An alias name: the same rules as a function name, and not `latest`.
     AliasName,
+    ALIAS_PATTERN,
+    "a name like a function's, and not `latest`",
     |s| {
         check_name(s)?;
         if s == "latest" { Err(NameError::Reserved) } else { Ok(()) }
@@ -149,6 +184,19 @@ impl FromStr for Qualifier {
         }
     }
 }
+
+impl utoipa::PartialSchema for Qualifier {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // Version numbers may have any number of leading zeros.
+        string_schema(
+            QUALIFIER_PATTERN,
+            None,
+            "`latest`, a published version number or an alias name",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Qualifier {}
 
 impl fmt::Display for Qualifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -224,6 +272,99 @@ mod tests {
             Ok(Qualifier::Alias("prod".parse().unwrap()))
         );
         assert_eq!("latest".parse::<AliasName>(), Err(NameError::Reserved));
+    }
+
+    /// Whether the OpenAPI schema of `T` accepts `s`.
+    fn schema_accepts<T: utoipa::PartialSchema>(s: &str) -> bool {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        jsonschema::validator_for(&schema)
+            .unwrap()
+            .is_valid(&serde_json::json!(s))
+    }
+
+    #[test]
+    fn documented_patterns_accept_exactly_what_the_parsers_accept() {
+        let mut cases: Vec<String> = [
+            "",
+            "a",
+            "z9",
+            "hello",
+            "hello-world-2",
+            "a-",
+            "-a",
+            "Hello",
+            "1abc",
+            "a_b",
+            "a.b",
+            "a b",
+            "é",
+            "latest",
+            "latestx",
+            "xlatest",
+            "late-st",
+            "0",
+            "00",
+            "1",
+            "01",
+            "007",
+            "9",
+            "10",
+            "999999999",
+            "1000000000",
+            "3999999999",
+            "4099999999",
+            "4199999999",
+            "4289999999",
+            "4293999999",
+            "4294899999",
+            "4294959999",
+            "4294966999",
+            "4294967199",
+            "4294967289",
+            "4294967295",
+            "4294967296",
+            "4294967299",
+            "4294967300",
+            "4294968000",
+            "4295000000",
+            "5000000000",
+            "9999999999",
+            "10000000000",
+            "00004294967295",
+            "00004294967296",
+            "-1",
+            "+1",
+            "1.0",
+            "1a",
+            "a1",
+            "prod:1",
+            " prod",
+            "prod\n",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for n in [61, 62, 63, 64] {
+            cases.push("a".repeat(n));
+            cases.push(format!("{}-b", "a".repeat(n - 2)));
+        }
+        for s in &cases {
+            assert_eq!(
+                schema_accepts::<FunctionName>(s),
+                s.parse::<FunctionName>().is_ok(),
+                "function name {s:?}"
+            );
+            assert_eq!(
+                schema_accepts::<AliasName>(s),
+                s.parse::<AliasName>().is_ok(),
+                "alias name {s:?}"
+            );
+            assert_eq!(
+                schema_accepts::<Qualifier>(s),
+                s.parse::<Qualifier>().is_ok(),
+                "qualifier {s:?}"
+            );
+        }
     }
 
     #[test]

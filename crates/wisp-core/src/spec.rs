@@ -211,6 +211,29 @@ fn label_part_ok(s: &str, allow_empty: bool) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
 }
 
+/// A label key (and a non-empty label value) as a pattern without anchors:
+/// what `label_part_ok` accepts.
+macro_rules! label_part {
+    () => {
+        "[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?"
+    };
+}
+
+/// A label selector (`GET /v1/functions?label=`) as an ECMA-262 pattern:
+/// `key=value` pairs, each checked like a stored label, separated by
+/// commas (empty parts are skipped).
+pub const LABEL_SELECTOR_PATTERN: &str = concat!(
+    "^,*(",
+    label_part!(),
+    "=(",
+    label_part!(),
+    ")?(,+",
+    label_part!(),
+    "=(",
+    label_part!(),
+    ")?)*)?,*$"
+);
+
 /// Checks a label selector's key and value the same way as stored labels.
 pub fn validate_label(key: &str, value: &str) -> Result<(), ValidationError> {
     if !label_part_ok(key, false) {

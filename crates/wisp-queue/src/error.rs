@@ -37,11 +37,9 @@ pub enum QueueError {
         /// The depth limit.
         limit: u64,
     },
-    /// No invocation, or no dead letter, with that id.
-    #[error("no {what} with id `{id}`")]
-    NotFound {
-        /// "invocation" or "dead letter".
-        what: &'static str,
+    /// No dead letter with that id.
+    #[error("no dead letter with id `{id}`")]
+    DeadLetterNotFound {
         /// The id asked for.
         id: String,
     },
@@ -87,7 +85,7 @@ impl QueueError {
                 | QueueError::BatchTooLarge { .. }
                 | QueueError::BodyTooLarge { .. }
                 | QueueError::Full { .. }
-                | QueueError::NotFound { .. }
+                | QueueError::DeadLetterNotFound { .. }
                 | QueueError::LeaseLost { .. }
                 | QueueError::AlreadyStarted { .. }
         )

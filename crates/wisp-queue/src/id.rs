@@ -7,6 +7,9 @@ use rand::Rng;
 /// Length of an invocation id.
 pub const ID_LEN: usize = 32;
 
+/// [`is_valid_id`] as an ECMA-262 pattern, for the OpenAPI document.
+pub const ID_PATTERN: &str = "^[0-9a-f]{32}$";
+
 /// Whether `s` has the shape of an invocation id.
 pub fn is_valid_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

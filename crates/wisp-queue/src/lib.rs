@@ -171,7 +171,7 @@ pub trait InvocationQueue: Send + Sync {
     /// same policy and partition key, to `qualifier` or its own; returns
     /// the new id. In the same transaction the dead letter leaves the
     /// dead-letter queue (it stays readable, `dead`, with `replayed_as`).
-    /// Fails with `NotFound` or, at the depth limit, `Full`.
+    /// Fails with `DeadLetterNotFound` or, at the depth limit, `Full`.
     async fn replay(&self, id: &str, qualifier: Option<String>) -> Result<String, QueueError>;
 
     /// Replays `function`'s dead letters, oldest first, in transactions of

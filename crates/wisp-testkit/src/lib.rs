@@ -257,6 +257,14 @@ impl Server {
         c
     }
 
+    /// The control API's bearer token, from the data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .expect("the server's token file")
+            .trim()
+            .to_string()
+    }
+
     /// Full URL of `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
@@ -303,6 +311,25 @@ impl Api {
     pub fn new(server: &Server) -> Api {
         Api {
             http: reqwest::Client::new(),
+            base: server.url.clone(),
+        }
+    }
+
+    /// A client for `server` that sends the bearer token from its data
+    /// directory with every request (for a server run with
+    /// `--require-token`).
+    pub fn with_token(server: &Server) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {}", server.token());
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            value.parse().expect("a token is a header value"),
+        );
+        Api {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("HTTP client"),
             base: server.url.clone(),
         }
     }

@@ -612,10 +612,7 @@ impl InvocationQueue for SqliteQueue {
     async fn replay(&self, id: &str, qualifier: Option<String>) -> Result<String, QueueError> {
         check_replay_qualifier(&qualifier)?;
         if !is_valid_id(id) {
-            return Err(QueueError::NotFound {
-                what: "dead letter",
-                id: id.to_string(),
-            });
+            return Err(QueueError::DeadLetterNotFound { id: id.to_string() });
         }
         let id = id.to_string();
         self.submit((1, 0), move |conn, ctx| {

@@ -597,10 +597,7 @@ pub(super) fn replay(
     let row = match load_by_id(conn, id)? {
         Some(row) if row.dead_letter => row,
         _ => {
-            return Err(QueueError::NotFound {
-                what: "dead letter",
-                id: id.to_string(),
-            });
+            return Err(QueueError::DeadLetterNotFound { id: id.to_string() });
         }
     };
     replay_row(conn, ctx, row, qualifier)

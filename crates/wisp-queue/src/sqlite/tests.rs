@@ -767,7 +767,7 @@ async fn dead_letter_queue_operations() {
     assert!(q.dead_letter(&f2).await.unwrap().is_none());
     assert!(matches!(
         q.replay(&f2, None).await,
-        Err(QueueError::NotFound { .. })
+        Err(QueueError::DeadLetterNotFound { .. })
     ));
     assert!(matches!(
         q.replay(&f3, Some("Not A Qualifier".into())).await,
