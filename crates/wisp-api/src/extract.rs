@@ -58,8 +58,8 @@ pub fn require_media_type(headers: &HeaderMap, accepted: &[&str]) -> Result<(), 
 }
 
 /// A JSON object body of at most `wisp_core::limits::MAX_API_BODY_BYTES`
-/// (an empty body reads as `{}`), with anything else, unknown fields and
-/// type errors reported as 400 `invalid_request`.
+/// (no body reads as `{}`), with anything else, unknown fields and type
+/// errors reported as 400 `invalid_request`.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -67,11 +67,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req.into_body(), wisp_core::limits::MAX_API_BODY_BYTES).await?;
-        let bytes = match bytes.trim_ascii_start().first() {
-            None => Bytes::from_static(b"{}"),
-            Some(b'{') => bytes,
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"{}")
+        } else if bytes.trim_ascii_start().first() == Some(&b'{') {
+            bytes
+        } else {
             // Serde would read an array as the fields in order.
-            Some(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
+            return Err(ApiError::bad_request("the body must be a JSON object"));
         };
         serde_json::from_slice(&bytes)
             .map(ApiJson)

@@ -106,7 +106,7 @@ pub async fn list_functions(
 }
 
 /// Create a function; `name` and `code_digest` are required.
-#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = FunctionInput,
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = inline(crate::schema::FunctionCreate),
     responses((status = 201, body = Function), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_function(
     State(app): State<AppState>,
@@ -131,7 +131,7 @@ pub async fn get_function(
 }
 
 /// Create or replace `latest`; fields not given take their defaults.
-#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", request_body = FunctionInput,
+#[utoipa::path(put, path = "/v1/functions/{name}", tag = "functions", request_body = inline(crate::schema::FunctionReplace),
     params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = Function), (status = 201, body = Function), (status = 400, body = ErrorBody)))]
 pub async fn put_function(
@@ -150,7 +150,7 @@ pub async fn put_function(
 }
 
 /// Change the given fields of `latest`.
-#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = FunctionInput,
+#[utoipa::path(patch, path = "/v1/functions/{name}", tag = "functions", request_body = inline(crate::schema::FunctionUpdate),
     params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
     responses((status = 200, body = Function), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_function(
@@ -245,9 +245,10 @@ pub async fn delete_version(
 }
 
 /// Create an alias.
-#[utoipa::path(post, path = "/v1/functions/{name}/aliases", tag = "aliases", request_body = AliasInput,
+#[utoipa::path(post, path = "/v1/functions/{name}/aliases", tag = "aliases", request_body = inline(crate::schema::AliasCreate),
     params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name")),
-    responses((status = 201, body = Alias), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Alias), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_alias(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -298,7 +299,7 @@ pub async fn get_alias(
 }
 
 /// Repoint an alias (its version and routing are replaced).
-#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = AliasInput,
+#[utoipa::path(put, path = "/v1/functions/{name}/aliases/{alias}", tag = "aliases", request_body = inline(crate::schema::AliasUpdate),
     params(("name" = inline(wisp_core::FunctionName), Path, description = "Function name"), ("alias" = inline(wisp_core::AliasName), Path, description = "Alias name")),
     responses((status = 200, body = Alias), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update_alias(

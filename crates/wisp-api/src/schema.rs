@@ -4,7 +4,7 @@
 //! checks cannot drift apart.
 
 use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaType, Type};
 use wisp_core::names::string_schema;
 
 /// An invocation (and dead letter) id.
@@ -106,3 +106,172 @@ pub fn label_selector() -> RefOr<Schema> {
         .pattern(Some(wisp_core::spec::LABEL_SELECTOR_PATTERN))
         .into()
 }
+
+/// The object schema `T` derives.
+fn object_of<T: utoipa::PartialSchema>() -> Object {
+    match T::schema() {
+        RefOr::T(Schema::Object(o)) => o,
+        _ => Object::new(),
+    }
+}
+
+/// Changes property `name` of `o` (a field of a derived schema).
+fn property(o: &mut Object, name: &str, change: impl FnOnce(&mut Object)) {
+    if let Some(RefOr::T(Schema::Object(p))) = o.properties.get_mut(name) {
+        change(p);
+    }
+}
+
+/// Bounds of a number property.
+fn range(o: &mut Object, name: &str, min: u64, max: u64) {
+    property(o, name, |p| {
+        p.minimum = Some(min.into());
+        p.maximum = Some(max.into());
+    });
+}
+
+/// Makes `fields` required and not `null`.
+fn require(o: &mut Object, fields: &[&str]) {
+    for field in fields {
+        o.required.push(field.to_string());
+        property(o, field, |p| {
+            if let SchemaType::Array(types) = &p.schema_type
+                && let Some(ty) = types.iter().find(|t| **t != Type::Null)
+            {
+                p.schema_type = SchemaType::Type(ty.clone());
+            }
+        });
+    }
+}
+
+/// A string-to-string map property: at most `max` entries, names and
+/// values matching their patterns.
+fn map(o: &mut Object, name: &str, max: usize, names: &str, values: &str) {
+    property(o, name, |p| {
+        p.max_properties = Some(max);
+        p.property_names = Some(Box::new(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(names))
+                .into(),
+        ));
+        p.additional_properties = Some(Box::new(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(values))
+                .into(),
+        ));
+    });
+}
+
+/// A function body with the rules of each field a JSON Schema can state
+/// (from `wisp_core::limits` and the patterns of names and digests), and
+/// `required` as the operation requires.
+fn function_body(required: &[&str]) -> RefOr<Schema> {
+    use wisp_core::limits::*;
+    use wisp_core::spec::*;
+    let mut o = object_of::<wisp_core::FunctionInput>();
+    property(&mut o, "name", |p| {
+        p.pattern = Some(wisp_core::names::NAME_PATTERN.into());
+        p.max_length = Some(wisp_core::names::MAX_NAME_LEN);
+    });
+    property(&mut o, "code_digest", |p| {
+        p.pattern = Some(wisp_core::digest::DIGEST_PATTERN.into());
+    });
+    property(&mut o, "description", |p| {
+        p.max_length = Some(MAX_DESCRIPTION_CHARS);
+    });
+    map(
+        &mut o,
+        "labels",
+        MAX_LABELS,
+        LABEL_KEY_PATTERN,
+        LABEL_VALUE_PATTERN,
+    );
+    map(
+        &mut o,
+        "env",
+        MAX_ENV_VARS,
+        ENV_NAME_PATTERN,
+        ENV_VALUE_PATTERN,
+    );
+    range(
+        &mut o,
+        "memory_mib",
+        MIN_MEMORY_MIB.into(),
+        MAX_MEMORY_MIB.into(),
+    );
+    range(&mut o, "timeout_ms", MIN_TIMEOUT_MS, MAX_TIMEOUT_MS);
+    range(&mut o, "max_concurrency", 1, MAX_CONCURRENCY.into());
+    range(&mut o, "min_instances", 0, MAX_MIN_INSTANCES.into());
+    range(
+        &mut o,
+        "max_requests_per_instance",
+        1,
+        MAX_REQUESTS_PER_INSTANCE.into(),
+    );
+    require(&mut o, required);
+    o.into()
+}
+
+/// An alias body, with `required` as the operation requires.
+fn alias_body(required: &[&str]) -> RefOr<Schema> {
+    let mut o = object_of::<wisp_core::AliasInput>();
+    property(&mut o, "name", |p| {
+        p.pattern = Some(wisp_core::names::ALIAS_PATTERN.into());
+        p.max_length = Some(wisp_core::names::MAX_NAME_LEN);
+    });
+    range(&mut o, "version", 1, u32::MAX.into());
+    require(&mut o, required);
+    o.into()
+}
+
+macro_rules! body_schema {
+    ($(#[$doc:meta])* $ty:ident, $schema:expr, $base:ty) => {
+        $(#[$doc])*
+        pub struct $ty;
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> RefOr<Schema> {
+                $schema
+            }
+        }
+
+        impl utoipa::ToSchema for $ty {
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                <$base as utoipa::ToSchema>::schemas(schemas);
+            }
+        }
+    };
+}
+
+body_schema!(
+    /// `POST /v1/functions`: `name` and `code_digest` are required.
+    FunctionCreate,
+    function_body(&["name", "code_digest"]),
+    wisp_core::FunctionInput
+);
+body_schema!(
+    /// `PUT /v1/functions/{name}`: `code_digest` is required.
+    FunctionReplace,
+    function_body(&["code_digest"]),
+    wisp_core::FunctionInput
+);
+body_schema!(
+    /// `PATCH /v1/functions/{name}`: every field is optional.
+    FunctionUpdate,
+    function_body(&[]),
+    wisp_core::FunctionInput
+);
+body_schema!(
+    /// `POST /v1/functions/{name}/aliases`: `name` and `version` are required.
+    AliasCreate,
+    alias_body(&["name", "version"]),
+    wisp_core::AliasInput
+);
+body_schema!(
+    /// `PUT /v1/functions/{name}/aliases/{alias}`: `version` is required.
+    AliasUpdate,
+    alias_body(&["version"]),
+    wisp_core::AliasInput
+);

@@ -16,6 +16,9 @@ pub struct Digest {
     hex: String,
 }
 
+/// [`Digest`]'s form as an ECMA-262 pattern, for the OpenAPI document.
+pub const DIGEST_PATTERN: &str = "^sha256:[0-9a-f]{64}$";
+
 /// Why a digest string was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("a code digest must look like `sha256:` followed by 64 lowercase hex digits")]
@@ -82,7 +85,7 @@ impl utoipa::PartialSchema for Digest {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some("^sha256:[0-9a-f]{64}$"))
+            .pattern(Some(DIGEST_PATTERN))
             .description(Some("SHA-256 digest of the component bytes"))
             .into()
     }

@@ -219,6 +219,20 @@ macro_rules! label_part {
     };
 }
 
+/// A label key as an ECMA-262 pattern.
+pub const LABEL_KEY_PATTERN: &str = concat!("^", label_part!(), "$");
+
+/// A label value (which may be empty) as an ECMA-262 pattern.
+pub const LABEL_VALUE_PATTERN: &str = concat!("^(", label_part!(), ")?$");
+
+/// An environment variable's name as an ECMA-262 pattern: 1 to 128
+/// letters, digits and `_`, not starting with a digit, and not starting
+/// with the reserved prefix `WISP_` in any case.
+pub const ENV_NAME_PATTERN: &str = "^(?![Ww][Ii][Ss][Pp]_)[A-Za-z_][A-Za-z0-9_]{0,127}$";
+
+/// An environment variable's value: anything but NUL.
+pub const ENV_VALUE_PATTERN: &str = "^[^\\u0000]*$";
+
 /// A label selector (`GET /v1/functions?label=`) as an ECMA-262 pattern:
 /// `key=value` pairs, each checked like a stored label, separated by
 /// commas (empty parts are skipped).
@@ -362,6 +376,70 @@ impl FunctionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn matches(pattern: &str, s: &str) -> bool {
+        jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": pattern}))
+            .unwrap()
+            .is_valid(&serde_json::json!(s))
+    }
+
+    #[test]
+    fn documented_label_and_env_patterns_accept_exactly_what_validation_accepts() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let env_long = "A".repeat(128);
+        let env_too_long = "A".repeat(129);
+        let cases = [
+            "",
+            "a",
+            "A1",
+            "a.b/c-d_e",
+            "-a",
+            "a-",
+            ".a",
+            "a b",
+            "a=b",
+            "é",
+            "wisp_x",
+            "WISP_X",
+            "Wisp_",
+            "WISPX",
+            "_x",
+            "1x",
+            "x1",
+            "a\u{0}b",
+            &long,
+            &too_long,
+            &env_long,
+            &env_too_long,
+        ];
+        for s in cases {
+            assert_eq!(
+                matches(LABEL_KEY_PATTERN, s),
+                validate_label(s, "v").is_ok(),
+                "label key {s:?}"
+            );
+            assert_eq!(
+                matches(LABEL_VALUE_PATTERN, s),
+                validate_label("k", s).is_ok(),
+                "label value {s:?}"
+            );
+            let mut config = FunctionConfig::default();
+            config.env.insert(s.to_string(), "v".into());
+            assert_eq!(
+                matches(ENV_NAME_PATTERN, s),
+                config.validate().is_ok(),
+                "env name {s:?}"
+            );
+            let mut config = FunctionConfig::default();
+            config.env.insert("K".into(), s.to_string());
+            assert_eq!(
+                matches(ENV_VALUE_PATTERN, s),
+                config.validate().is_ok(),
+                "env value {s:?}"
+            );
+        }
+    }
 
     fn field_of(c: FunctionConfig) -> String {
         c.validate().unwrap_err().field
