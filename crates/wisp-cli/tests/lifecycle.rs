@@ -453,8 +453,9 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
         file(&reply).exists(),
         "a fresh upload keeps its grace period"
     );
-    // square's component and compiled code, and the earlier engine's file.
-    swept_files_reach(&server, 3.0).await;
+    // square's component, compiled code and its tag, and the earlier
+    // engine's file.
+    swept_files_reach(&server, 4.0).await;
     // Compiled code goes with its artifact, not by its own age: `reply`'s
     // stays while its component does.
     age_all(&compiled);
@@ -467,7 +468,7 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
     wait_gone(&file(&hello), &server).await;
     wait_gone(&code(&hello), &server).await;
     assert!(file(&echo).exists());
-    swept_files_reach(&server, 5.0).await;
+    swept_files_reach(&server, 7.0).await;
     assert!(code(&reply).exists() && code(&echo).exists());
     assert!(server.metric("wisp_code_swept_bytes_total").await.unwrap() > 0.0);
     let (status, _, body) = api.call("/fn/f").await;

@@ -16,6 +16,7 @@
 pub mod destination;
 pub mod digest;
 pub mod error;
+pub mod files;
 pub mod invoke;
 pub mod limits;
 pub mod model;

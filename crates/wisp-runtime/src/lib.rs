@@ -35,6 +35,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wisp_core::PrepareError as PE;
 use wisp_core::{ArtifactSource, BoxFuture, Digest, InvocationSink, PrepareError, Preparer};
 
+pub use cache::tag_compiled;
 pub use compile::{ChildCompiler, Compiler};
 pub use host::Host;
 
@@ -44,6 +45,10 @@ pub enum RuntimeError {
     /// wasmtime refused the engine configuration.
     #[error("could not configure the WebAssembly engine: {0}")]
     Engine(String),
+    /// The compiled-code cache directory may be written by others, or its
+    /// key could not be read or made.
+    #[error("could not use the compiled-code cache: {0}")]
+    Files(#[from] wisp_core::files::FilesError),
     /// The compiled-artifact cache directory is unusable.
     #[error("could not use the compiled-artifact cache at {path}: {source}")]
     Cache {

@@ -201,6 +201,7 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(parent)?;
         }
+        wisp_core::files::private_sqlite(path)?;
         Self::from_connection(Connection::open(path)?)
     }
 
