@@ -8,6 +8,15 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use wisp_core::ErrorCode;
 
+/// 413 `payload_too_large` for a body over `limit` bytes.
+pub(crate) fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
 /// Reads a whole body up to `limit` bytes; over it is a 413.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -15,11 +24,7 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Ap
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::PayloadTooLarge,
-                format!("the request body is over the limit of {limit} bytes"),
-            )
+            self::too_large(limit)
         } else {
             ApiError::bad_request(format!("could not read the request body: {e}"))
         }

@@ -27,9 +27,9 @@ pub use destination::{Broker, BrokerTarget, Destination, DestinationError, Proto
 pub use digest::{Digest, Swept, sweep_digest_files};
 pub use error::{ErrorBody, ErrorCode};
 pub use invoke::{
-    ArtifactSource, Body, BoxError, BoxFuture, Deployment, InvocationOutcome, InvocationRecord,
-    InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer, RuntimeSnapshot,
-    RuntimeState, VersionGauges,
+    ArtifactSource, Body, BoxError, BoxFuture, CompileSlot, Deployment, InvocationOutcome,
+    InvocationRecord, InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer,
+    RuntimeSnapshot, RuntimeState, VersionGauges,
 };
 pub use model::*;
 pub use names::{AliasName, FastMap, FunctionName, NameError, Qualifier, Target};

@@ -3,6 +3,9 @@
 
 /// Largest component upload, in bytes (50 MiB).
 pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
+/// Longest a component upload waits for a compile slot (one per CPU core)
+/// before its body is read, in seconds; then 503 `compiler_busy`.
+pub const COMPILE_SLOT_WAIT_SECS: u64 = 30;
 /// Largest JSON body accepted by the control API, in bytes (1 MiB).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 /// Default largest request body forwarded to a function, in bytes (16 MiB).

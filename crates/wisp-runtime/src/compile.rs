@@ -359,8 +359,9 @@ mod tests {
         };
 
         let truncated = wisp_testkit::example_bytes("hello")[..200].to_vec();
+        let slot = runtime.reserve().await.unwrap();
         let err = runtime
-            .prepare(Digest::of(&truncated), truncated.into())
+            .prepare(slot, Digest::of(&truncated), truncated.into())
             .await
             .unwrap_err();
         assert!(
@@ -371,7 +372,11 @@ mod tests {
 
         let hello = wisp_testkit::example_bytes("hello");
         let digest = Digest::of(&hello);
-        runtime.prepare(digest.clone(), hello.into()).await.unwrap();
+        let slot = runtime.reserve().await.unwrap();
+        runtime
+            .prepare(slot, digest.clone(), hello.into())
+            .await
+            .unwrap();
         let mut files = cached();
         files.sort();
         assert_eq!(
