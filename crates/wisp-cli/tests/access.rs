@@ -1,9 +1,10 @@
 //! Who may call what on a server that requires its token: private and
-//! public functions on the data plane, asynchronous invocations, and 401s
-//! that do not tell which names exist.
+//! public functions on the data plane, asynchronous invocations, webhooks
+//! without a secret, and 401s that do not tell which names exist.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::time::Duration;
 use wisp_testkit::{Api, Server, run, shared_cache_dir};
 
 fn strict_server() -> Server {
@@ -186,4 +187,97 @@ async fn the_cli_sets_invoke_auth_and_sends_the_token() {
     let out = run(cli().args(["update", "greet", "--invoke-auth", "everyone"]));
     assert_ne!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("`everyone`"), "{out:?}");
+}
+
+/// Posts `body` to `/hooks/{name}`, signed with `secret` if given.
+async fn hook(server: &Server, name: &str, secret: Option<&str>) -> (StatusCode, Value) {
+    let body = r#"{"ref":"main"}"#;
+    let mut req = reqwest::Client::new()
+        .post(server.at(&format!("/hooks/{name}")))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(s) = secret {
+        let sig = wisp_triggers::sources::webhook::sign(s, body.as_bytes());
+        req = req.header("x-hub-signature-256", sig);
+    }
+    let res = req.send().await.expect("posting to a hook");
+    (res.status(), res.json().await.expect("JSON answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_need_a_secret_when_the_token_is_required() {
+    // Made on a loopback server, where a webhook may go without a secret.
+    let data = tempfile::tempdir().unwrap();
+    let cache = shared_cache_dir();
+    let cache_args = ["--cache-dir", cache.to_str().unwrap()];
+    let open = Server::start_in(env!("CARGO_BIN_EXE_wisp"), data.path(), &cache_args);
+    let api = Api::new(&open);
+    api.deploy("sink", "hello", json!({})).await;
+    let (status, t) = api
+        .send(
+            Method::POST,
+            "/v1/triggers",
+            Some(json!({"name": "bare", "target": "sink",
+                "source": {"kind": "webhook"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(hook(&open, "bare", None).await.0, 202);
+    drop(open);
+
+    let mut strict_args = cache_args.to_vec();
+    strict_args.push("--require-token");
+    let server = Server::start_in(env!("CARGO_BIN_EXE_wisp"), data.path(), &strict_args);
+    let api = Api::with_token(&server);
+    let (status, err) = api
+        .send(
+            Method::POST,
+            "/v1/triggers",
+            Some(json!({"name": "another", "target": "sink",
+                "source": {"kind": "webhook"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "invalid_field");
+    assert_eq!(err["field"], "source.secret");
+    assert!(err["message"].as_str().unwrap().contains("secret"), "{err}");
+    let (status, t) = api
+        .send(
+            Method::POST,
+            "/v1/triggers",
+            Some(json!({"name": "signed", "target": "sink",
+                "source": {"kind": "webhook", "secret": "s3cret"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+
+    // An unknown hook, a bad or missing signature and the stored hook
+    // without a secret all get the same answer.
+    let refused = hook(&server, "nosuch", None).await;
+    assert_eq!(refused.0, 401, "{refused:?}");
+    assert_eq!(refused.1["code"], "invalid_signature");
+    for (name, secret) in [
+        ("nosuch", Some("s3cret")),
+        ("signed", None),
+        ("signed", Some("wrong")),
+        ("bare", None),
+        ("bare", Some("anything")),
+    ] {
+        assert_eq!(
+            hook(&server, name, secret).await,
+            refused,
+            "{name} {secret:?}"
+        );
+    }
+    let (status, _) = hook(&server, "signed", Some("s3cret")).await;
+    assert_eq!(status, 202);
+    // The refusal of the stored hook is in its status, for the token holder.
+    let t = api
+        .wait_trigger("bare", Duration::from_secs(5), "marked refused", |t| {
+            t["status"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("secret"))
+        })
+        .await;
+    assert_eq!(t["status"]["delivered"], 0, "{t}");
 }
