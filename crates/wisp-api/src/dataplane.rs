@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use wisp_core::{BoxError, InvokeAuth, KEY_HEADER, Target, ValidationError, VersionId};
+use wisp_core::{BoxError, ErrorCode, InvokeAuth, KEY_HEADER, Target, ValidationError, VersionId};
 use wisp_store::{Resolved, StoreError};
 
 /// Response header with the invocation's request id.
@@ -65,7 +65,12 @@ pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
         Ok(res) => res,
         Err(e) => {
             let id = id_header.as_ref().and_then(|v| v.to_str().ok());
-            let mut res = e.with_request_id(id.unwrap_or_default()).into_response();
+            let id = id.unwrap_or_default();
+            let e = match e.body.code {
+                ErrorCode::FunctionTrapped => trapped(id),
+                _ => e,
+            };
+            let mut res = e.with_request_id(id).into_response();
             crate::auth::challenge(&mut res);
             res
         }
@@ -133,6 +138,17 @@ async fn resolve(app: &AppState, target: &Target, caller: Caller) -> Result<Reso
         ) => Err(crate::auth::unauthorized()),
         (_, resolved) => Ok(resolved?),
     }
+}
+
+/// The 500 a caller gets for a trap: the code and where to look. The trap
+/// and its backtrace go to the function's logs only, since they describe
+/// the function's insides.
+fn trapped(request_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::FunctionTrapped,
+        format!("the function trapped; its logs for request {request_id} say why"),
+    )
 }
 
 async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Response, ApiError> {
