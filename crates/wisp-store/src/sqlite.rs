@@ -5,7 +5,11 @@
 //! blocking pool. Each write is one `BEGIN IMMEDIATE` transaction. The
 //! store assumes it is the only process writing to its file: the
 //! [`resolve`](MetadataStore::resolve) cache is invalidated by this
-//! process's writes only.
+//! process's writes only. That cache also holds every function's name (read
+//! at open, kept by each write), so a request for an unknown function is
+//! answered without a query, and remembers up to
+//! [`MAX_CACHED_MISSES_PER_FUNCTION`] missing versions and aliases per
+//! function.
 //!
 //! # Schema (version 1, tracked in `PRAGMA user_version`)
 //!
@@ -46,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 use wisp_core::limits::{MAX_ALIASES_PER_FUNCTION, MAX_LOG_QUERY_LIMIT};
 use wisp_core::{
-    Alias, AliasName, AliasRouting, Deployment, Digest, FastMap, Function, FunctionConfig,
+    Alias, AliasName, AliasRouting, Deployment, Digest, FastMap, FastSet, Function, FunctionConfig,
     FunctionInput, FunctionName, FunctionVersion, LogPage, LogRecord, LogStream, Qualifier,
     ValidationError, VersionId,
 };
@@ -174,8 +178,113 @@ const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, 
 /// How many columns [`CONFIG_COLUMNS`] names.
 const CONFIG_COLUMN_COUNT: usize = 12;
 
-/// Resolved qualifiers of one function.
-type FunctionCache = FastMap<Qualifier, Resolved>;
+/// Most qualifiers of one function remembered as missing; past it that
+/// function's misses are forgotten and counted afresh.
+pub const MAX_CACHED_MISSES_PER_FUNCTION: usize = 1024;
+
+/// What the data plane learnt resolving one qualifier.
+#[derive(Clone)]
+enum Cached {
+    Hit(Resolved),
+    /// Not found, and why: the error is made again from it.
+    Miss(Missing),
+}
+
+/// A qualifier's not-found, kept so that asking again costs no query.
+#[derive(Clone)]
+enum Missing {
+    Version(u32),
+    Alias(AliasName),
+}
+
+impl Missing {
+    fn of(error: &StoreError) -> Option<Missing> {
+        match error {
+            StoreError::VersionNotFound { version, .. } => Some(Missing::Version(*version)),
+            StoreError::AliasNotFound { alias, .. } => Some(Missing::Alias(alias.clone())),
+            _ => None,
+        }
+    }
+
+    fn error(&self, function: &FunctionName) -> StoreError {
+        let function = function.clone();
+        match self {
+            Missing::Version(version) => StoreError::VersionNotFound {
+                function,
+                version: *version,
+            },
+            Missing::Alias(alias) => StoreError::AliasNotFound {
+                function,
+                alias: alias.clone(),
+            },
+        }
+    }
+}
+
+/// Resolved (and missing) qualifiers of one function.
+#[derive(Default)]
+struct FunctionCache {
+    entries: FastMap<Qualifier, Cached>,
+    misses: usize,
+}
+
+/// The data plane's view of the store, in memory: every function's name,
+/// so an unknown name is answered without a query, and what each
+/// qualifier asked for resolved to. Bounded by what the store holds, plus
+/// [`MAX_CACHED_MISSES_PER_FUNCTION`] misses per function.
+#[derive(Default)]
+struct ResolveCache {
+    names: FastSet<FunctionName>,
+    functions: FastMap<FunctionName, FunctionCache>,
+}
+
+impl ResolveCache {
+    /// What is known of `name:qualifier`, if anything.
+    fn get(
+        &self,
+        name: &FunctionName,
+        qualifier: &Qualifier,
+    ) -> Option<Result<Resolved, StoreError>> {
+        if !self.names.contains(name) {
+            return Some(Err(StoreError::FunctionNotFound(name.clone())));
+        }
+        match self.functions.get(name)?.entries.get(qualifier)? {
+            Cached::Hit(resolved) => Some(Ok(resolved.clone())),
+            Cached::Miss(missing) => Some(Err(missing.error(name))),
+        }
+    }
+
+    /// Remembers what resolving `name:qualifier` gave, if it is worth it.
+    fn fill(
+        &mut self,
+        name: &FunctionName,
+        qualifier: &Qualifier,
+        result: &Result<Resolved, StoreError>,
+    ) {
+        let cached = match result {
+            Ok(resolved) => Cached::Hit(resolved.clone()),
+            Err(StoreError::FunctionNotFound(_)) => {
+                self.names.remove(name);
+                return;
+            }
+            Err(e) => match Missing::of(e) {
+                Some(missing) => Cached::Miss(missing),
+                None => return,
+            },
+        };
+        let function = self.functions.entry(name.clone()).or_default();
+        if let Cached::Miss(_) = cached {
+            if function.misses >= MAX_CACHED_MISSES_PER_FUNCTION {
+                function.entries.retain(|_, c| matches!(c, Cached::Hit(_)));
+                function.misses = 0;
+            }
+            function.misses += 1;
+        }
+        if let Some(Cached::Miss(_)) = function.entries.insert(qualifier.clone(), cached) {
+            function.misses -= 1;
+        }
+    }
+}
 
 /// [`MetadataStore`] on an SQLite file. Cloning is cheap and shares the
 /// connection and the cache.
@@ -188,7 +297,7 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Filled and invalidated only while `conn` is locked, so an entry is
     /// never older than the last write.
-    cache: RwLock<FastMap<FunctionName, FunctionCache>>,
+    cache: RwLock<ResolveCache>,
     log_retention: AtomicU64,
 }
 
@@ -226,10 +335,17 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
+        let names = conn
+            .prepare("SELECT name FROM functions")?
+            .query_map([], |row| Ok(row.get::<_, Parsed<FunctionName>>(0)?.0))?
+            .collect::<Result<_, _>>()?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                cache: RwLock::new(FastMap::default()),
+                cache: RwLock::new(ResolveCache {
+                    names,
+                    functions: FastMap::default(),
+                }),
                 log_retention: AtomicU64::new(LOG_RETENTION_RECORDS),
             }),
         })
@@ -274,7 +390,7 @@ impl SqliteStore {
             // Also on failure: cheap, and safe if a commit error left the
             // outcome unclear.
             if let Some(name) = &function {
-                inner.invalidate(name);
+                inner.invalidate(conn, name);
             }
             result
         })
@@ -284,7 +400,11 @@ impl SqliteStore {
     /// How many qualifiers of `name` are cached.
     #[cfg(test)]
     fn cached(&self, name: &FunctionName) -> usize {
-        self.inner.read_cache().get(name).map_or(0, FastMap::len)
+        self.inner
+            .read_cache()
+            .functions
+            .get(name)
+            .map_or(0, |f| f.entries.len())
     }
 }
 
@@ -295,16 +415,30 @@ impl Inner {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, FastMap<FunctionName, FunctionCache>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, ResolveCache> {
         self.cache.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, FastMap<FunctionName, FunctionCache>> {
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, ResolveCache> {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn invalidate(&self, name: &FunctionName) {
-        self.write_cache().remove(name);
+    /// Forgets what was resolved of `name` after a write to it, and
+    /// whether it exists, read again from `conn` (which the caller holds);
+    /// if that read fails, the name is kept (a name that is not there
+    /// only costs a query).
+    fn invalidate(&self, conn: &Connection, name: &FunctionName) {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM functions WHERE name = ?1")
+            .and_then(|mut stmt| stmt.exists([name.as_str()]))
+            .unwrap_or(true);
+        let mut cache = self.write_cache();
+        cache.functions.remove(name);
+        if exists {
+            cache.names.insert(name.clone());
+        } else {
+            cache.names.remove(name);
+        }
     }
 }
 
@@ -1257,11 +1391,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn resolve_cached(&self, name: &FunctionName, qualifier: &Qualifier) -> Option<Resolved> {
-        self.inner
-            .read_cache()
-            .get(name)
-            .and_then(|entries| entries.get(qualifier))
-            .cloned()
+        self.inner.read_cache().get(name, qualifier)?.ok()
     }
 
     async fn resolve(
@@ -1269,20 +1399,16 @@ impl MetadataStore for SqliteStore {
         name: &FunctionName,
         qualifier: &Qualifier,
     ) -> Result<Resolved, StoreError> {
-        if let Some(hit) = self.resolve_cached(name, qualifier) {
-            return Ok(hit);
+        if let Some(known) = self.inner.read_cache().get(name, qualifier) {
+            return known;
         }
         let (name, qualifier) = (name.clone(), qualifier.clone());
         self.with_conn(move |inner, conn| {
-            let resolved = resolve_conn(conn, &name, &qualifier)?;
+            let resolved = resolve_conn(conn, &name, &qualifier);
             // Still holding the connection: no write can slip in between
             // the read and the fill.
-            inner
-                .write_cache()
-                .entry(name)
-                .or_default()
-                .insert(qualifier, resolved.clone());
-            Ok(resolved)
+            inner.write_cache().fill(&name, &qualifier, &resolved);
+            resolved
         })
         .await
     }
@@ -2162,9 +2288,10 @@ mod tests {
         assert_eq!(store.cached(&f), 0);
         assert_eq!(store.cached(&g), 1);
 
-        // A failed resolve caches nothing.
+        // A missing version is remembered as missing, and is no hit.
         assert!(store.resolve(&f, &Qualifier::Version(9)).await.is_err());
-        assert_eq!(store.cached(&f), 0);
+        assert_eq!(store.cached(&f), 1);
+        assert!(store.resolve_cached(&f, &Qualifier::Version(9)).is_none());
 
         store.resolve(&f, &Qualifier::Latest).await.unwrap();
         store.delete_function(&f).await.unwrap();
@@ -2189,15 +2316,7 @@ mod tests {
 
         // With the connection locked (by another thread), only a cache hit
         // can answer.
-        let inner = store.inner.clone();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            let _conn = inner.lock_conn();
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-        });
-        locked_rx.recv().unwrap();
+        let locked = Locked::new(&store);
         let hit = tokio::time::timeout(
             Duration::from_secs(5),
             store.resolve(&f, &Qualifier::Latest),
@@ -2214,8 +2333,120 @@ mod tests {
         )
         .await;
         assert!(miss.is_err(), "a miss must go to the database");
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
+        locked.release();
+    }
+
+    /// The store's connection held by another thread until released.
+    struct Locked {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl Locked {
+        fn new(store: &SqliteStore) -> Locked {
+            let inner = store.inner.clone();
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn(move || {
+                let _conn = inner.lock_conn();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            locked_rx.recv().unwrap();
+            Locked { release, holder }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.holder.join().unwrap();
+        }
+    }
+
+    /// Resolves with the connection locked: only what the cache knows
+    /// can answer; `None` if it had to wait for the database.
+    async fn resolve_locked(
+        store: &SqliteStore,
+        name: &str,
+        qualifier: Qualifier,
+    ) -> Option<Result<Resolved, StoreError>> {
+        let locked = Locked::new(store);
+        let answer = tokio::time::timeout(
+            Duration::from_millis(200),
+            store.resolve(&fname(name), &qualifier),
+        )
+        .await
+        .ok();
+        locked.release();
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn misses_are_answered_from_memory_until_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.db");
+        create(&SqliteStore::open(&path).unwrap(), "f", 1).await;
+        // A store opened on it knows its functions' names from the start.
+        let store = SqliteStore::open(&path).unwrap();
+
+        // An unknown name never needs the database.
+        let unknown = resolve_locked(&store, "nope", Qualifier::Latest).await;
+        assert!(
+            matches!(unknown, Some(Err(StoreError::FunctionNotFound(_)))),
+            "{unknown:?}"
+        );
+        // A known function's missing version and alias do after the first time.
+        for q in [Qualifier::Version(7), Qualifier::Alias(aname("prod"))] {
+            assert!(
+                resolve_locked(&store, "f", q.clone()).await.is_none(),
+                "first {q:?}"
+            );
+            let first = store.resolve(&fname("f"), &q).await;
+            let again = resolve_locked(&store, "f", q.clone()).await;
+            assert_eq!(
+                format!("{first:?}"),
+                format!("{:?}", again.expect("a known miss is answered from memory")),
+            );
+        }
+        assert!(
+            store
+                .resolve_cached(&fname("f"), &Qualifier::Version(7))
+                .is_none()
+        );
+
+        // Writes make them real: a created function, a published version
+        // and an alias resolve at once.
+        create(&store, "nope", 2).await;
+        store.publish(&fname("f")).await.unwrap();
+        let created = store.resolve(&fname("nope"), &Qualifier::Latest).await;
+        assert!(created.is_ok(), "{created:?}");
+        let published = store.resolve(&fname("f"), &Qualifier::Version(1)).await;
+        assert!(published.is_ok(), "{published:?}");
+        // A deleted function is unknown again, without a query.
+        store.delete_function(&fname("nope")).await.unwrap();
+        let gone = resolve_locked(&store, "nope", Qualifier::Latest).await;
+        assert!(
+            matches!(gone, Some(Err(StoreError::FunctionNotFound(_)))),
+            "{gone:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn misses_kept_per_function_are_bounded() {
+        let (_dir, store) = open();
+        create(&store, "f", 1).await;
+        let f = fname("f");
+        store.resolve(&f, &Qualifier::Latest).await.unwrap();
+        for n in 0..(MAX_CACHED_MISSES_PER_FUNCTION as u32 * 3 + 7) {
+            assert!(
+                store
+                    .resolve(&f, &Qualifier::Version(1000 + n))
+                    .await
+                    .is_err()
+            );
+            assert!(store.cached(&f) <= MAX_CACHED_MISSES_PER_FUNCTION + 1);
+        }
+        // The hit survives the misses being forgotten.
+        assert!(store.resolve_cached(&f, &Qualifier::Latest).is_some());
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -495,6 +495,17 @@ impl Api {
     }
 }
 
+/// A `kB` field of `/proc/<pid>/status` (such as `VmRSS` or `VmHWM`), in
+/// MiB; `None` where the process or the field is not there.
+pub fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let v = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: f64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb / 1024.0)
+    })
+}
+
 /// A free TCP port on loopback (bound, then released), for tests that run
 /// a broker of their own on a port they must know in advance.
 pub fn free_port() -> u16 {
