@@ -88,6 +88,12 @@ async fn a_trap_is_a_500_with_the_request_id_and_is_logged() {
     assert_eq!(err["code"], "function_trapped");
     let request_id = headers["x-wisp-request-id"].to_str().unwrap().to_string();
     assert_eq!(err["request_id"], request_id.as_str());
+    // The caller learns where to look, not the function's insides.
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains(&request_id), "{message}");
+    for inside in ["backtrace", "wasm", "unreachable", "0x", "boom"] {
+        assert!(!body.contains(inside), "`{inside}` in the answer: {body}");
+    }
 
     // The trap and the guest's stderr are in the logs under that request id.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -111,6 +117,8 @@ async fn a_trap_is_a_500_with_the_request_id_and_is_logged() {
                 .collect();
             assert!(text.contains("about to panic"), "{text}");
             assert!(text.contains("trapped"), "{text}");
+            // The trap itself, with its backtrace, is for the logs.
+            assert!(text.contains("wasm backtrace"), "{text}");
             break;
         }
         assert!(Instant::now() < deadline, "logs never appeared: {page}");

@@ -32,4 +32,4 @@ pub use invoke::{
 };
 pub use model::*;
 pub use names::{AliasName, FastMap, FastSet, FunctionName, NameError, Qualifier, Target};
-pub use spec::{AsyncConfig, FunctionConfig, Semantics, ValidationError};
+pub use spec::{AsyncConfig, FunctionConfig, InvokeAuth, KEY_HEADER, Semantics, ValidationError};

@@ -63,7 +63,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE functions (
@@ -164,12 +164,19 @@ CREATE TABLE trigger_cursors (
 ) STRICT;
 "#;
 
+/// Data-plane access; functions and versions from before it are private.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE functions ADD COLUMN invoke_auth TEXT NOT NULL DEFAULT 'private';
+ALTER TABLE versions ADD COLUMN invoke_auth TEXT NOT NULL DEFAULT 'private';
+"#;
+
 /// The config columns shared by `functions` and `versions`, in the order
 /// [`read_code_and_config`] expects.
 const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, memory_mib, \
-     timeout_ms, max_concurrency, min_instances, max_requests_per_instance, async_policy";
+     timeout_ms, max_concurrency, min_instances, max_requests_per_instance, async_policy, \
+     invoke_auth";
 /// How many columns [`CONFIG_COLUMNS`] names.
-const CONFIG_COLUMN_COUNT: usize = 11;
+const CONFIG_COLUMN_COUNT: usize = 12;
 
 /// Most qualifiers of one function remembered as missing; past it that
 /// function's misses are forgotten and counted afresh.
@@ -565,6 +572,7 @@ fn read_code_and_config(
         min_instances: row.get(i + 8)?,
         max_requests_per_instance: row.get(i + 9)?,
         async_policy: row.get::<_, Json<_>>(i + 10)?.0,
+        invoke_auth: row.get::<_, Parsed<_>>(i + 11)?.0,
     };
     Ok((digest, size, config))
 }
@@ -812,7 +820,8 @@ fn put_function_tx(
                 "UPDATE functions SET code_digest = ?2, code_size = ?3, description = ?4,
                     labels = ?5, env = ?6, memory_mib = ?7, timeout_ms = ?8,
                     max_concurrency = ?9, min_instances = ?10,
-                    max_requests_per_instance = ?11, async_policy = ?13, updated_ns = ?12
+                    max_requests_per_instance = ?11, async_policy = ?13, updated_ns = ?12,
+                    invoke_auth = ?14
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -829,12 +838,13 @@ fn put_function_tx(
                 config.max_requests_per_instance,
                 now,
                 json(&config.async_policy)?,
+                config.invoke_auth.as_str(),
             ])?;
         }
         None => {
             let sql = format!(
                 "INSERT INTO functions (name, {CONFIG_COLUMNS}, created_ns, updated_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)"
             );
             tx.prepare_cached(&sql)?
                 .execute(params![
@@ -850,6 +860,7 @@ fn put_function_tx(
                     config.min_instances,
                     config.max_requests_per_instance,
                     json(&config.async_policy)?,
+                    config.invoke_auth.as_str(),
                     now,
                 ])
                 .map_err(|e| {
@@ -882,7 +893,7 @@ fn publish_tx(
     let latest = &row.latest;
     let sql = format!(
         "INSERT INTO versions (function_id, version, {CONFIG_COLUMNS}, created_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         row.id,
@@ -898,6 +909,7 @@ fn publish_tx(
         latest.config.min_instances,
         latest.config.max_requests_per_instance,
         json(&latest.config.async_policy)?,
+        latest.config.invoke_auth.as_str(),
         to_ns(Utc::now()),
     ])?;
     tx.prepare_cached("UPDATE functions SET next_version = ?2 WHERE id = ?1")?
@@ -1428,6 +1440,7 @@ mod tests {
     use super::*;
     use std::time::Instant;
     use tempfile::TempDir;
+    use wisp_core::InvokeAuth;
 
     fn fname(s: &str) -> FunctionName {
         s.parse().unwrap()
@@ -1582,6 +1595,7 @@ mod tests {
                 semantics: wisp_core::Semantics::AtMostOnce,
                 ..Default::default()
             }),
+            invoke_auth: Some(InvokeAuth::Public),
         };
         let (created, was_created) = store
             .put_function(hello.clone(), &full, 4242, WriteMode::Create)
@@ -1605,6 +1619,7 @@ mod tests {
             latest.config.async_policy.semantics,
             wisp_core::Semantics::AtMostOnce
         );
+        assert_eq!(latest.config.invoke_auth, InvokeAuth::Public);
         assert_eq!(latest.created_at, latest.updated_at);
         assert!(created.published_versions.is_empty());
         assert!(created.aliases.is_empty());
@@ -2500,6 +2515,79 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn invoke_auth_is_stored_and_snapshotted_by_publish() {
+        let (_dir, store) = open();
+        let f = fname("f");
+        let made = create(&store, "f", 1).await;
+        assert_eq!(made.latest.config.invoke_auth, InvokeAuth::Private);
+        let public = FunctionInput {
+            invoke_auth: Some(InvokeAuth::Public),
+            ..Default::default()
+        };
+        store
+            .put_function(f.clone(), &public, 0, WriteMode::Patch)
+            .await
+            .unwrap();
+        let (v1, _) = store.publish(&f).await.unwrap();
+        assert_eq!(v1.config.invoke_auth, InvokeAuth::Public);
+        let private = FunctionInput {
+            invoke_auth: Some(InvokeAuth::Private),
+            ..Default::default()
+        };
+        store
+            .put_function(f.clone(), &private, 0, WriteMode::Patch)
+            .await
+            .unwrap();
+        // Only the access changed, and that is a new version.
+        let (v2, new) = store.publish(&f).await.unwrap();
+        assert!(new);
+        assert_eq!(v2.config.invoke_auth, InvokeAuth::Private);
+        assert_eq!(
+            store.get_version(&f, 1).await.unwrap().config.invoke_auth,
+            InvokeAuth::Public
+        );
+        let latest = store.get_function(&f).await.unwrap().latest;
+        assert_eq!(latest.config.invoke_auth, InvokeAuth::Private);
+        let resolved = store.resolve(&f, &Qualifier::Version(1)).await.unwrap();
+        assert_eq!(resolved.primary.config.invoke_auth, InvokeAuth::Public);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn functions_from_before_invoke_auth_become_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.db");
+        let f = fname("old");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let public = FunctionInput {
+                invoke_auth: Some(InvokeAuth::Public),
+                ..input(1)
+            };
+            store
+                .put_function(f.clone(), &public, 1, WriteMode::Create)
+                .await
+                .unwrap();
+            store.publish(&f).await.unwrap();
+        }
+        // Back to the schema before the column existed.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE functions DROP COLUMN invoke_auth;
+                 ALTER TABLE versions DROP COLUMN invoke_auth;
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let function = store.get_function(&f).await.unwrap();
+        assert_eq!(function.latest.config.invoke_auth, InvokeAuth::Private);
+        assert_eq!(
+            store.get_version(&f, 1).await.unwrap().config.invoke_auth,
+            InvokeAuth::Private
+        );
     }
 
     #[test]

@@ -257,6 +257,14 @@ impl Server {
         c
     }
 
+    /// The server's token, from the `token` file of its data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .expect("reading the server's token")
+            .trim()
+            .to_string()
+    }
+
     /// Full URL of `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
@@ -303,6 +311,25 @@ impl Api {
     pub fn new(server: &Server) -> Api {
         Api {
             http: reqwest::Client::new(),
+            base: server.url.clone(),
+        }
+    }
+
+    /// A client for `server` that sends the server's token as
+    /// `Authorization: Bearer` on every request, for servers started with
+    /// `--require-token`.
+    pub fn with_token(server: &Server) -> Api {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", server.token()))
+                .expect("the token is a header value");
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        Api {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
             base: server.url.clone(),
         }
     }
