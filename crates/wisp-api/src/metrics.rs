@@ -132,7 +132,7 @@ fn failure_reason(e: &InvokeError) -> Option<usize> {
     match e {
         InvokeError::Throttled { .. } | InvokeError::Overloaded { .. } => None,
         InvokeError::Trapped { .. } => Some(0),
-        InvokeError::MemoryLimit { .. } => Some(1),
+        InvokeError::MemoryLimit { .. } | InvokeError::HostLimit { .. } => Some(1),
         InvokeError::Timeout { .. } => Some(TIMEOUT),
         InvokeError::NoResponse { .. } => Some(3),
         InvokeError::Unavailable { .. } => Some(4),

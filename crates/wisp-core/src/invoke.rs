@@ -69,6 +69,15 @@ pub enum InvokeError {
         /// The function's `memory_mib`.
         memory_mib: u32,
     },
+    /// The function made the host hold more than it may: more resources
+    /// at once than its memory limit allows (see
+    /// [`crate::limits::max_host_resources`]), or a header map over
+    /// [`crate::limits::MAX_FIELDS_BYTES`].
+    #[error("{message}")]
+    HostLimit {
+        /// Which limit, and what to do about it.
+        message: String,
+    },
     /// The function trapped.
     #[error("function trapped: {message}")]
     Trapped {

@@ -32,5 +32,5 @@ pub use invoke::{
     RuntimeSnapshot, RuntimeState, VersionGauges,
 };
 pub use model::*;
-pub use names::{AliasName, FastMap, FunctionName, NameError, Qualifier, Target};
-pub use spec::{AsyncConfig, FunctionConfig, Semantics, ValidationError};
+pub use names::{AliasName, FastMap, FastSet, FunctionName, NameError, Qualifier, Target};
+pub use spec::{AsyncConfig, FunctionConfig, InvokeAuth, KEY_HEADER, Semantics, ValidationError};

@@ -313,6 +313,14 @@ impl Server {
         c
     }
 
+    /// The server's token, from the `token` file of its data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .expect("reading the server's token")
+            .trim()
+            .to_string()
+    }
+
     /// Full URL of `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
@@ -359,6 +367,25 @@ impl Api {
     pub fn new(server: &Server) -> Api {
         Api {
             http: reqwest::Client::new(),
+            base: server.url.clone(),
+        }
+    }
+
+    /// A client for `server` that sends the server's token as
+    /// `Authorization: Bearer` on every request, for servers started with
+    /// `--require-token`.
+    pub fn with_token(server: &Server) -> Api {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", server.token()))
+                .expect("the token is a header value");
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        Api {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
             base: server.url.clone(),
         }
     }
@@ -522,6 +549,17 @@ impl Api {
         let headers = res.headers().clone();
         (status, headers, res.text().await.expect("text"))
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (such as `VmRSS` or `VmHWM`), in
+/// MiB; `None` where the process or the field is not there.
+pub fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let v = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: f64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb / 1024.0)
+    })
 }
 
 /// A free TCP port on loopback (bound, then released), for tests that run
