@@ -5,7 +5,7 @@
 
 use crate::Ctx;
 use crate::load;
-use crate::tools::output_of;
+use crate::tools::{LoadGen, output_of};
 use crate::util::{Proc, free_port, progress, round, wait_ok};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -324,6 +324,10 @@ pub async fn run(ctx: &Ctx) -> Value {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    let unknown = match ready.iter().find(|(t, _)| t.key == "wisp") {
+        Some((t, _)) => unknown_names(ctx, &load, &t.running),
+        None => json!({"error": "Wisp was not measured"}),
+    };
     for (t, points) in ready {
         let mut v = json!({
             "url": t.running.url,
@@ -348,9 +352,55 @@ pub async fn run(ctx: &Ctx) -> Value {
         "seconds_per_point": ctx.point_duration().as_secs_f64(),
         "concurrency": CONCURRENCY,
         "targets": targets,
+        "unknown_names": unknown,
         "notes": notes,
     });
     derive(&mut out);
+    out
+}
+
+/// A flood of requests for functions nobody deployed (a new random name
+/// each time, so nothing is cached by name) against Wisp at c=32: alone,
+/// to compare with `hello` at c=32; then `hello` at c=32 beside the flood
+/// (two load generators at once), to compare with `hello` beside a second
+/// `hello` load of the same concurrency. Answering unknown names (404,
+/// from memory) must cost no more than serving `hello`, and must slow
+/// `hello` no more than the same amount of real traffic does.
+fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
+    let base = wisp.url.trim_end_matches("/fn/hello");
+    let pattern = format!("{base}/fn/[a-z]{{16}}");
+    let d = ctx.point_duration();
+    let (url, pid) = (wisp.url.as_str(), wisp.pid);
+    let flood = match load::run_random(load, &pattern, 32, d, pid) {
+        Ok(p) => p,
+        Err(e) => return json!({ "error": e }),
+    };
+    progress(format!(
+        "wisp unknown names c=32: {:.0} rps, p99 {:.3} ms",
+        flood.rps, flood.p99_ms
+    ));
+    let mut out = json!({ "pattern": "/fn/[a-z]{16}", "flood": flood.to_json() });
+    for (key, random) in [("hello_beside_flood", true), ("hello_beside_hello", false)] {
+        std::thread::sleep(Duration::from_millis(500));
+        let (hello, other) = std::thread::scope(|s| {
+            let other = s.spawn(|| match random {
+                true => load::run_random(load, &pattern, 32, d, pid),
+                false => load::run(load, url, 32, d, pid),
+            });
+            let hello = load::run(load, url, 32, d, pid);
+            (hello, other.join().expect("second load generator"))
+        });
+        match (hello, other) {
+            (Ok(hello), Ok(_)) => {
+                progress(format!(
+                    "wisp hello c=32 {key}: {:.0} rps, p99 {:.3} ms",
+                    hello.rps, hello.p99_ms
+                ));
+                out[key] = hello.to_json();
+            }
+            (Err(e), _) | (_, Err(e)) => out[key] = json!({ "error": e }),
+        }
+    }
     out
 }
 
@@ -394,5 +444,20 @@ fn derive(out: &mut Value) {
         && tr > 0.0
     {
         out["wisp_over_wasmtime_serve_c32"] = json!(round(wr / tr, 3));
+    }
+    if let Some(w) = point(out, "wisp", 32)
+        && let Some(hr) = w["rps"].as_f64()
+        && let Some(fr) = out["unknown_names"]["flood"]["rps"].as_f64()
+        && hr > 0.0
+    {
+        out["unknown_names"]["flood_over_hello_c32"] = json!(round(fr / hr, 3));
+        let u = &out["unknown_names"];
+        if let (Some(f99), Some(h99)) = (
+            u["hello_beside_flood"]["p99_ms"].as_f64(),
+            u["hello_beside_hello"]["p99_ms"].as_f64(),
+        ) && h99 > 0.0
+        {
+            out["unknown_names"]["hello_p99_flood_over_hello"] = json!(round(f99 / h99, 3));
+        }
     }
 }

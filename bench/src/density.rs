@@ -8,8 +8,10 @@
 //! compiled by the server; for the rest the harness pre-seeds the
 //! server's compiled-code cache (`<cache>/engine-<hash>/<hex>.cwasm`, as
 //! ARCHITECTURE.md documents it) with a hard link to one compiled hello,
-//! so the deploy does upload, hashing, the cache load and link check, and
-//! the metadata commit, but no Cranelift. Both rates are reported.
+//! and its tag under the cache's key (`wisp_runtime::tag_compiled`), so
+//! the deploy does upload, hashing, the cache load (with its tag check)
+//! and link check, and the metadata commit, but no Cranelift. Both rates
+//! are reported.
 
 use crate::Ctx;
 use crate::util::{TempDir, free_gib, ms_since, progress, round, rss_mib, variant};
@@ -33,6 +35,8 @@ pub struct Seed {
     cwasm: PathBuf,
     /// The engine directory it lives in.
     dir: PathBuf,
+    /// The cache directory.
+    cache: PathBuf,
     /// Where copies of it go (beside the cache, same file system).
     spare: PathBuf,
     /// The file linked to now, and how many links it has been given.
@@ -43,7 +47,8 @@ pub struct Seed {
 const LINKS_PER_SEED: u32 = 50_000;
 
 impl Seed {
-    /// Makes `<dir>/<hex>.cwasm` a hard link to the compiled hello.
+    /// Makes `<dir>/<hex>.cwasm` a hard link to the compiled hello, with
+    /// its tag.
     fn link(&self, hex: &str) -> Result<(), String> {
         let link = self.dir.join(format!("{hex}.cwasm"));
         if link.exists() {
@@ -60,7 +65,8 @@ impl Seed {
         std::fs::hard_link(&current.0, &link)
             .map_err(|e| format!("linking {}: {e}", link.display()))?;
         current.1 += 1;
-        Ok(())
+        drop(current);
+        wisp_runtime::tag_compiled(&self.cache, &link).map_err(|e| e.to_string())
     }
 }
 
@@ -77,6 +83,7 @@ pub fn find_seed(cache_dir: &Path) -> Option<Seed> {
                 return Some(Seed {
                     cwasm: p.clone(),
                     dir,
+                    cache: cache_dir.to_path_buf(),
                     spare: cache_dir.with_file_name("bench-seeds"),
                     // Start with a fresh copy: the original may already
                     // have links from an earlier level.

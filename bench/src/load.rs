@@ -57,15 +57,47 @@ pub fn run(
     duration: Duration,
     server_pid: u32,
 ) -> Result<Point, String> {
+    measure(server_pid, concurrency, || match load {
+        LoadGen::Oha(bin) => run_oha(bin, loopback(url), concurrency, duration, false),
+        LoadGen::Wrk(bin) => run_wrk(bin, loopback(url), concurrency, duration),
+    })
+}
+
+/// Like [`run`], but every request goes to a new URL drawn from
+/// `pattern`, a regular expression (such as `http://127.0.0.1:8080/fn/[a-z]{16}`):
+/// a flood of names nobody deployed. Needs oha.
+pub fn run_random(
+    load: &LoadGen,
+    pattern: &str,
+    concurrency: u32,
+    duration: Duration,
+    server_pid: u32,
+) -> Result<Point, String> {
+    let LoadGen::Oha(bin) = load else {
+        return Err("random URLs need oha".into());
+    };
+    measure(server_pid, concurrency, || {
+        run_oha(bin, loopback(pattern), concurrency, duration, true)
+    })
+}
+
+/// `url`, checked to be on loopback.
+fn loopback(url: &str) -> &str {
     assert!(
         url.starts_with("http://127.0.0.1:"),
         "load only ever targets loopback: {url}"
     );
+    url
+}
+
+/// Runs `load` and adds the server's CPU per request and peak RSS.
+fn measure(
+    server_pid: u32,
+    concurrency: u32,
+    load: impl FnOnce() -> Result<Point, String>,
+) -> Result<Point, String> {
     let cpu_before = cpu_micros(server_pid);
-    let mut point = match load {
-        LoadGen::Oha(bin) => run_oha(bin, url, concurrency, duration)?,
-        LoadGen::Wrk(bin) => run_wrk(bin, url, concurrency, duration)?,
-    };
+    let mut point = load()?;
     let cpu_after = cpu_micros(server_pid);
     point.concurrency = concurrency;
     if let (Some(a), Some(b)) = (cpu_before, cpu_after)
@@ -82,6 +114,7 @@ fn run_oha(
     url: &str,
     concurrency: u32,
     duration: Duration,
+    random_url: bool,
 ) -> Result<Point, String> {
     let help = output_of(bin, &["--help"]).unwrap_or_default();
     let mut cmd = Command::new(bin);
@@ -99,6 +132,9 @@ fn run_oha(
     // them as errors.
     if help.contains("--wait-ongoing-requests-after-deadline") {
         cmd.arg("--wait-ongoing-requests-after-deadline");
+    }
+    if random_url {
+        cmd.arg("--rand-regex-url");
     }
     cmd.arg(url);
     let out = cmd.output().map_err(|e| format!("running oha: {e}"))?;

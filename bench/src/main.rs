@@ -23,7 +23,8 @@
 //! Sections: `throughput` ([`baselines`]), `cold` ([`cold`]), `density`
 //! ([`density`]), `burst` ([`burst`]), `async` ([`asynchronous`]), `triggers`
 //! ([`triggers`]; it needs NATS, RabbitMQ, Mosquitto and Redis on
-//! 127.0.0.1, and reports a broker it cannot reach as not measured).
+//! 127.0.0.1, and reports a broker it cannot reach as not measured), `soak`
+//! ([`soak`]; 10 minutes of mixed load, 2 with `--quick`).
 
 mod asynchronous;
 mod baselines;
@@ -32,6 +33,7 @@ mod cold;
 mod density;
 mod load;
 mod report;
+mod soak;
 mod tools;
 mod triggers;
 mod util;
@@ -44,21 +46,22 @@ use util::progress;
 use wisp_testkit::{Server, example, example_bytes, repo_root};
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "throughput",
     "cold",
     "burst",
     "density",
     "async",
     "triggers",
+    "soak",
 ];
 
 const USAGE: &str =
     "usage: cargo run --release -p wisp-bench -- [--quick] [--wisp-bin PATH] [SECTION...]
 
-Sections (default: all): throughput, cold, burst, density, async, triggers.
+Sections (default: all): throughput, cold, burst, density, async, triggers, soak.
 Results of sections not run are kept from bench/results/latest.json.
-  --quick          smaller counts and 3 s load points, for development
+  --quick          smaller counts, 3 s load points and a 2-minute soak, for development
   --wisp-bin PATH  use this `wisp` binary instead of building the release one
   --report-only    only regenerate docs/benchmarks.md from bench/results/latest.json
                    (and the hand-written bench/analysis/<section>.md)
@@ -350,6 +353,7 @@ fn main() {
                 "density" => density::run(&ctx).await,
                 "async" => asynchronous::run(&ctx).await,
                 "triggers" => triggers::run(&ctx).await,
+                "soak" => soak::run(&ctx).await,
                 _ => unreachable!(),
             }
         });

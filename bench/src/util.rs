@@ -116,12 +116,7 @@ pub fn load_average() -> Option<f64> {
 
 /// A `kB` field (such as `VmRSS` or `VmHWM`) of `/proc/<pid>/status`, in MiB.
 pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let v = line.strip_prefix(field)?.strip_prefix(':')?;
-        let kb: f64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(kb / 1024.0)
-    })
+    wisp_testkit::proc_status_mib(pid, field)
 }
 
 /// Resident set size of `pid`, in MiB.

@@ -688,7 +688,7 @@ async fn execute(
         Err(e) => {
             let outcome = match &e {
                 InvokeError::Timeout { .. } => "timeout",
-                InvokeError::MemoryLimit { .. } => "memory limit",
+                InvokeError::MemoryLimit { .. } | InvokeError::HostLimit { .. } => "memory limit",
                 InvokeError::Trapped { .. } => "trap",
                 InvokeError::NoResponse { .. } => "no response",
                 _ => "unavailable",

@@ -9,7 +9,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use wisp_core::{BoxError, Target, ValidationError, VersionId};
+use wisp_core::{BoxError, ErrorCode, InvokeAuth, KEY_HEADER, Target, ValidationError, VersionId};
+use wisp_store::{Resolved, StoreError};
 
 /// Response header with the invocation's request id.
 pub const REQUEST_ID_HEADER: &str = "x-wisp-request-id";
@@ -64,7 +65,14 @@ pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
         Ok(res) => res,
         Err(e) => {
             let id = id_header.as_ref().and_then(|v| v.to_str().ok());
-            e.with_request_id(id.unwrap_or_default()).into_response()
+            let id = id.unwrap_or_default();
+            let e = match e.body.code {
+                ErrorCode::FunctionTrapped => trapped(id),
+                _ => e,
+            };
+            let mut res = e.with_request_id(id).into_response();
+            crate::auth::challenge(&mut res);
+            res
         }
     };
     if let Some(v) = id_header {
@@ -73,12 +81,83 @@ pub async fn invoke(State(app): State<AppState>, req: Request) -> Response {
     res
 }
 
+/// Who is calling, as far as the data plane cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// The server requires no token: everyone may do everything.
+    Open,
+    /// The caller gave the server's token.
+    Holder,
+    /// The server requires the token and the caller did not give it.
+    Anonymous,
+}
+
+/// Checks the caller's credential and removes it from the headers, so the
+/// server's token never reaches a function. A function's own
+/// `Authorization` header (anything but the token) passes through.
+fn caller(app: &AppState, headers: &mut http::HeaderMap) -> Caller {
+    let caller = match app.token.as_deref() {
+        None => Caller::Open,
+        Some(expected) => match crate::auth::credential(headers, expected) {
+            Some(crate::auth::Credential::Bearer) => {
+                headers.remove(header::AUTHORIZATION);
+                Caller::Holder
+            }
+            Some(crate::auth::Credential::Key) => Caller::Holder,
+            None => Caller::Anonymous,
+        },
+    };
+    headers.remove(KEY_HEADER);
+    caller
+}
+
+/// Whether every version `resolved` may route to is public.
+fn is_public(resolved: &Resolved) -> bool {
+    let public = |d: &wisp_core::Deployment| d.config.invoke_auth == InvokeAuth::Public;
+    public(&resolved.primary) && resolved.secondary.as_ref().is_none_or(|(d, _)| public(d))
+}
+
+/// What `target` resolves to, for `caller`. An anonymous caller gets the
+/// same 401 for a private target as for one that does not exist, after
+/// the same lookup, so the answer does not tell which names exist.
+async fn resolve(app: &AppState, target: &Target, caller: Caller) -> Result<Resolved, ApiError> {
+    let resolved = match app.store.resolve_cached(&target.name, &target.qualifier) {
+        Some(resolved) => Ok(resolved),
+        None => app.store.resolve(&target.name, &target.qualifier).await,
+    };
+    match (caller, resolved) {
+        (Caller::Anonymous, Ok(resolved)) if is_public(&resolved) => Ok(resolved),
+        (
+            Caller::Anonymous,
+            Ok(_)
+            | Err(
+                StoreError::FunctionNotFound(_)
+                | StoreError::VersionNotFound { .. }
+                | StoreError::AliasNotFound { .. },
+            ),
+        ) => Err(crate::auth::unauthorized()),
+        (_, resolved) => Ok(resolved?),
+    }
+}
+
+/// The 500 a caller gets for a trap: the code and where to look. The trap
+/// and its backtrace go to the function's logs only, since they describe
+/// the function's insides.
+fn trapped(request_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::FunctionTrapped,
+        format!("the function trapped; its logs for request {request_id} say why"),
+    )
+}
+
 async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let (target, rest) = split_path(parts.uri.path());
     let target: Target = target
         .parse()
         .map_err(|e| ValidationError::new("name", format!("`{target}`: {e}")))?;
+    let caller = caller(app, &mut parts.headers);
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
@@ -89,14 +168,16 @@ async fn forward(app: &AppState, req: Request, request_id: String) -> Result<Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("async"));
     if asynchronous {
+        // Queued work fills the server's disk: it needs the token whenever
+        // the server requires one, even for a public function.
+        if caller == Caller::Anonymous {
+            return Err(crate::auth::unauthorized());
+        }
         // Boxed: this future is moved on every synchronous request too,
         // and its size is that of its largest state.
         return Box::pin(enqueue(app, parts, body, target, path_and_query)).await;
     }
-    let resolved = match app.store.resolve_cached(&target.name, &target.qualifier) {
-        Some(resolved) => resolved,
-        None => app.store.resolve(&target.name, &target.qualifier).await?,
-    };
+    let resolved = resolve(app, &target, caller).await?;
     let deployment = resolved.pick(rand::random::<f64>()).clone();
 
     let authority = parts

@@ -164,7 +164,7 @@ impl From<InvokeError> for ApiError {
                 (S::TOO_MANY_REQUESTS, ErrorCode::Throttled)
             }
             InvokeError::Timeout { .. } => (S::GATEWAY_TIMEOUT, ErrorCode::FunctionTimeout),
-            InvokeError::MemoryLimit { .. } => {
+            InvokeError::MemoryLimit { .. } | InvokeError::HostLimit { .. } => {
                 (S::INTERNAL_SERVER_ERROR, ErrorCode::MemoryLimitExceeded)
             }
             InvokeError::Trapped { .. } => (S::INTERNAL_SERVER_ERROR, ErrorCode::FunctionTrapped),

@@ -8,6 +8,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use wisp_core::ErrorCode;
 
+/// 413 `payload_too_large` for a body over `limit` bytes.
+pub(crate) fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
+}
+
 /// Reads a whole body up to `limit` bytes; over it is a 413.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {

@@ -174,7 +174,7 @@ pub async fn delete_function(
     let name = function_name(&name)?;
     app.store.delete_function(&name).await?;
     app.invoker.release(&name, None);
-    app.telemetry.metrics().forget_function(&name);
+    app.telemetry.forget_function(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -239,8 +239,7 @@ pub async fn delete_version(
     app.invoker
         .release(&name, Some(VersionId::Published(number)));
     app.telemetry
-        .metrics()
-        .forget_version(&name, wisp_core::VersionId::Published(number));
+        .forget_version(&name, VersionId::Published(number));
     Ok(StatusCode::NO_CONTENT)
 }
 

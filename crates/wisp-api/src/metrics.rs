@@ -132,7 +132,7 @@ fn failure_reason(e: &InvokeError) -> Option<usize> {
     match e {
         InvokeError::Throttled { .. } | InvokeError::Overloaded { .. } => None,
         InvokeError::Trapped { .. } => Some(0),
-        InvokeError::MemoryLimit { .. } => Some(1),
+        InvokeError::MemoryLimit { .. } | InvokeError::HostLimit { .. } => Some(1),
         InvokeError::Timeout { .. } => Some(TIMEOUT),
         InvokeError::NoResponse { .. } => Some(3),
         InvokeError::Unavailable { .. } => Some(4),
@@ -806,17 +806,17 @@ pub async fn scrape(State(app): State<AppState>) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
     use std::collections::{BTreeMap, HashSet};
     use wisp_core::{LogCapture, VersionGauges};
 
-    fn name(s: &str) -> FunctionName {
+    pub(crate) fn name(s: &str) -> FunctionName {
         s.parse().unwrap()
     }
 
-    fn rec(
+    pub(crate) fn rec(
         function: &str,
         version: VersionId,
         duration: Duration,
@@ -839,7 +839,7 @@ mod tests {
         }
     }
 
-    fn ok(status: u16) -> InvocationOutcome {
+    pub(crate) fn ok(status: u16) -> InvocationOutcome {
         InvocationOutcome::Completed { status }
     }
 

@@ -45,11 +45,34 @@ struct Bucket {
 /// The buckets of each version of a function.
 type Versions = Vec<(VersionId, Vec<Bucket>)>;
 
-/// Collects invocation records. Cheap to call from the request path.
-pub struct Telemetry {
+/// The stats windows of every function invoked within the window.
+#[derive(Default)]
+struct Windows {
     /// By function, then version: a record is filed without building (and
     /// allocating) an owned key.
-    windows: Mutex<FastMap<FunctionName, Versions>>,
+    functions: FastMap<FunctionName, Versions>,
+    /// Start of the bucket when expired buckets were last dropped.
+    pruned_at: i64,
+}
+
+impl Windows {
+    /// Drops every bucket older than the window, and the versions and
+    /// functions left without one, so that what is kept is what was
+    /// invoked in the last window.
+    fn prune(&mut self, horizon: i64) {
+        self.functions.retain(|_, versions| {
+            versions.retain_mut(|(_, buckets)| {
+                buckets.retain(|b| b.start + BUCKET_SECS > horizon);
+                !buckets.is_empty()
+            });
+            !versions.is_empty()
+        });
+    }
+}
+
+/// Collects invocation records. Cheap to call from the request path.
+pub struct Telemetry {
+    windows: Mutex<Windows>,
     metrics: Metrics,
     logs: mpsc::Sender<NewLogRecord>,
     dropped_logs: AtomicU64,
@@ -61,7 +84,7 @@ impl Telemetry {
         let (tx, rx) = mpsc::channel(LOG_QUEUE);
         tokio::spawn(write_logs(store, rx));
         Arc::new(Telemetry {
-            windows: Mutex::new(FastMap::default()),
+            windows: Mutex::new(Windows::default()),
             metrics: Metrics::default(),
             logs: tx,
             dropped_logs: AtomicU64::new(0),
@@ -78,6 +101,31 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// Drops everything kept about `function` (when it is deleted): its
+    /// stats windows and its metric series, so that a function created
+    /// again under its name starts from zero.
+    pub fn forget_function(&self, function: &FunctionName) {
+        self.lock_windows().functions.remove(function);
+        self.metrics.forget_function(function);
+    }
+
+    /// Drops everything kept about one version (when it is deleted).
+    pub fn forget_version(&self, function: &FunctionName, version: VersionId) {
+        let mut windows = self.lock_windows();
+        if let Some(versions) = windows.functions.get_mut(function) {
+            versions.retain(|(v, _)| *v != version);
+            if versions.is_empty() {
+                windows.functions.remove(function);
+            }
+        }
+        drop(windows);
+        self.metrics.forget_version(function, version);
+    }
+
+    fn lock_windows(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn log(&self, record: NewLogRecord) {
         if self.logs.try_send(record).is_err() {
             self.dropped_logs.fetch_add(1, Ordering::Relaxed);
@@ -88,10 +136,17 @@ impl Telemetry {
         let now = Utc::now().timestamp();
         let start = now - now.rem_euclid(BUCKET_SECS);
         let horizon = now - STATS_WINDOW.as_secs() as i64;
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let versions = match windows.get_mut(&r.function) {
+        let mut windows = self.lock_windows();
+        // Once a bucket width, what has left the window goes (functions
+        // no longer invoked included).
+        if windows.pruned_at != start {
+            windows.pruned_at = start;
+            windows.prune(horizon);
+        }
+        let functions = &mut windows.functions;
+        let versions = match functions.get_mut(&r.function) {
             Some(versions) => versions,
-            None => windows.entry(r.function.clone()).or_default(),
+            None => functions.entry(r.function.clone()).or_default(),
         };
         let i = match versions.iter().position(|(v, _)| *v == r.version) {
             Some(i) => i,
@@ -101,12 +156,6 @@ impl Telemetry {
             }
         };
         let buckets = &mut versions[i].1;
-        if buckets
-            .first()
-            .is_some_and(|b| b.start + BUCKET_SECS <= horizon)
-        {
-            buckets.retain(|b| b.start + BUCKET_SECS > horizon);
-        }
         if buckets.last().is_none_or(|b| b.start != start) {
             buckets.push(Bucket {
                 start,
@@ -144,8 +193,9 @@ impl Telemetry {
     /// Stats of one function over the window.
     pub fn stats(&self, function: &FunctionName) -> FunctionStats {
         let horizon = Utc::now().timestamp() - STATS_WINDOW.as_secs() as i64;
-        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let windows = self.lock_windows();
         let mut per_version: Vec<(VersionId, Vec<&Bucket>)> = windows
+            .functions
             .get(function)
             .into_iter()
             .flatten()
@@ -313,4 +363,84 @@ pub async fn get_stats(
     let name = function_name(&name)?;
     app.store.get_function(&name).await?;
     Ok(Json(app.telemetry.stats(&name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::tests::{name, ok, rec};
+
+    fn telemetry() -> Arc<Telemetry> {
+        let store = wisp_store::sqlite::SqliteStore::open_in_memory().unwrap();
+        Telemetry::new(Arc::new(store))
+    }
+
+    fn invoke(t: &Telemetry, function: &str, version: VersionId) {
+        t.record(rec(
+            function,
+            version,
+            Duration::from_millis(3),
+            None,
+            ok(200),
+        ));
+    }
+
+    fn has_series(t: &Telemetry, function: &str) -> bool {
+        let text = t
+            .metrics()
+            .encode(wisp_core::RuntimeSnapshot::default(), 0)
+            .unwrap();
+        text.contains(&format!("function=\"{function}\""))
+    }
+
+    #[tokio::test]
+    async fn deleted_functions_and_versions_keep_no_stats() {
+        let t = telemetry();
+        let f = name("f");
+        invoke(&t, "f", VersionId::Latest);
+        invoke(&t, "f", VersionId::Published(1));
+        invoke(&t, "g", VersionId::Latest);
+        assert_eq!(t.stats(&f).total.invocations, 2);
+
+        t.forget_version(&f, VersionId::Published(1));
+        let stats = t.stats(&f);
+        assert_eq!(stats.total.invocations, 1);
+        assert_eq!(stats.versions.len(), 1);
+
+        t.forget_function(&f);
+        assert_eq!(t.stats(&f).total.invocations, 0);
+        assert!(!t.lock_windows().functions.contains_key(&f), "nothing kept");
+        assert!(!has_series(&t, "f"), "no metric series either");
+
+        // A function created again under the name starts from zero.
+        invoke(&t, "f", VersionId::Latest);
+        assert_eq!(t.stats(&f).total.invocations, 1);
+        assert_eq!(t.stats(&name("g")).total.invocations, 1, "others untouched");
+        assert!(has_series(&t, "g"));
+    }
+
+    #[test]
+    fn pruning_drops_what_left_the_window() {
+        let bucket = |start| Bucket {
+            start,
+            invocations: 1,
+            ..Default::default()
+        };
+        let mut w = Windows::default();
+        w.functions
+            .insert(name("old"), vec![(VersionId::Latest, vec![bucket(0)])]);
+        w.functions.insert(
+            name("mixed"),
+            vec![
+                (VersionId::Latest, vec![bucket(0), bucket(1200)]),
+                (VersionId::Published(1), vec![bucket(60)]),
+            ],
+        );
+        w.prune(1000);
+        assert!(!w.functions.contains_key(&name("old")));
+        let mixed = &w.functions[&name("mixed")];
+        assert_eq!(mixed.len(), 1, "the version with nothing left goes");
+        assert_eq!(mixed[0].1.len(), 1);
+        assert_eq!(mixed[0].1[0].start, 1200);
+    }
 }

@@ -228,6 +228,18 @@ async fn save(
     create: bool,
 ) -> ApiResult<serde_json::Value> {
     let target = spec.validate()?;
+    if let SourceConfig::Webhook(w) = &spec.source
+        && w.secret.is_none()
+        && app.token.is_some()
+    {
+        return Err(ValidationError::new(
+            "source.secret",
+            "this server requires its token, so a webhook needs a secret: without one anybody \
+             could queue work through /hooks/NAME; give `source.secret` (1 to 256 bytes) and \
+             have the sender sign each body with it",
+        )
+        .into());
+    }
     app.store
         .resolve(&target.name, &target.qualifier)
         .await
@@ -372,6 +384,37 @@ pub async fn disable_trigger(
     Ok(Json(set_enabled(&app, &name, false).await?))
 }
 
+/// Why a webhook request was refused. On a server that requires its token
+/// the answer is the same for every name, known or not.
+fn refused(
+    name: &str,
+    config: Option<&wisp_triggers::sources::webhook::WebhookConfig>,
+    strict: bool,
+) -> ApiError {
+    let message = match config {
+        _ if strict => "no webhook trigger with this name accepts this request: there is none, \
+             it has no secret, or the signature header is missing or does not match the body \
+             signed with the trigger's secret"
+            .to_string(),
+        None => {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TriggerNotFound,
+                format!("no enabled webhook trigger `{name}`"),
+            );
+        }
+        Some(w) => format!(
+            "the `{}` header is missing or does not match the body signed with the trigger's secret",
+            w.signature_header
+        ),
+    };
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::InvalidSignature,
+        message,
+    )
+}
+
 /// Headers a webhook's event does not keep.
 const DROPPED_HOOK_HEADERS: &[&str] = &[
     "host",
@@ -384,7 +427,9 @@ const DROPPED_HOOK_HEADERS: &[&str] = &[
 
 /// A webhook delivery: verified against the trigger's secret (401 and
 /// nothing queued if the signature is missing or wrong), then queued as
-/// one event (202 once it is on disk).
+/// one event (202 once it is on disk). On a server that requires its
+/// token, a webhook without a secret takes nothing, and an unknown name
+/// gets the same 401 as a bad signature, after the same work.
 #[utoipa::path(post, path = "/hooks/{name}", tag = "triggers",
     params(("name" = inline(wisp_core::FunctionName), Path, description = "Webhook trigger name")),
     request_body(content = inline(crate::schema::Binary), content_type = "application/octet-stream"),
@@ -397,31 +442,44 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::TriggerNotFound,
-            format!("no enabled webhook trigger `{name}`"),
-        )
-    };
-    let ctx = app.triggers.webhook(&name).ok_or_else(not_found)?;
-    let SourceConfig::Webhook(config) = &ctx.trigger.spec.source else {
-        return Err(not_found());
-    };
+    let strict = app.token.is_some();
+    let ctx = app.triggers.webhook(&name);
+    let config = ctx.as_ref().and_then(|c| match &c.trigger.spec.source {
+        SourceConfig::Webhook(w) => Some(w),
+        _ => None,
+    });
     let body = read_body(body, wisp_triggers::sources::webhook::MAX_BODY_BYTES).await?;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if !config.verify(header(&config.signature_header), &body) {
-        ctx.health
-            .error("a webhook request with a missing or wrong signature was refused");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidSignature,
-            format!(
-                "the `{}` header is missing or does not match the body signed with the trigger's secret",
-                config.signature_header
-            ),
-        ));
-    }
+    // The work of checking a signature, for a request refused without one,
+    // so that it takes as long as one with a wrong signature.
+    let as_if_checked = || {
+        std::hint::black_box(wisp_triggers::sources::webhook::sign(&name, &body));
+    };
+    let verified = match (config, &ctx) {
+        (Some(w), Some(ctx)) if strict && w.secret.is_none() => {
+            as_if_checked();
+            ctx.health.error(
+                "a webhook request was refused: this server requires its token, so the \
+                 trigger needs a secret",
+            );
+            false
+        }
+        (Some(w), Some(ctx)) => {
+            let ok = w.verify(header(&w.signature_header), &body);
+            if !ok {
+                ctx.health
+                    .error("a webhook request with a missing or wrong signature was refused");
+            }
+            ok
+        }
+        _ => {
+            as_if_checked();
+            false
+        }
+    };
+    let (Some(config), Some(ctx), true) = (config, &ctx, verified) else {
+        return Err(refused(&name, config, strict));
+    };
     let mut kept: Vec<(String, String)> = headers
         .iter()
         .filter(|(k, _)| {

@@ -55,6 +55,7 @@ fn config_input(flags: &ConfigFlags) -> Result<FunctionInput, Failure> {
         max_concurrency: flags.concurrency,
         min_instances: flags.min_instances,
         max_requests_per_instance: flags.reuse,
+        invoke_auth: flags.invoke_auth,
         ..Default::default()
     })
 }
@@ -127,6 +128,7 @@ fn version_fields(v: &FunctionVersion) -> Vec<(&'static str, String)> {
             "max_requests_per_instance",
             c.max_requests_per_instance.to_string(),
         ),
+        ("invoke_auth", c.invoke_auth.to_string()),
         ("created_at", output::time(&v.created_at)),
         ("updated_at", output::time(&v.updated_at)),
     ]

@@ -68,6 +68,7 @@ fn put_input(spec: &FunctionSpec, digest: &str) -> FunctionInput {
         min_instances: Some(c.min_instances),
         max_requests_per_instance: Some(c.max_requests_per_instance),
         async_policy: Some(c.async_policy),
+        invoke_auth: Some(c.invoke_auth),
     }
 }
 

@@ -157,6 +157,10 @@ pub struct ConfigFlags {
     /// Requests one instance may serve before a fresh one is made (1 = always fresh)
     #[arg(long, value_name = "N")]
     pub reuse: Option<u32>,
+    /// Who may invoke through /fn/: `private` (the default; the server's token
+    /// wherever /v1 needs it) or `public` (synchronous calls need no token)
+    #[arg(long, value_name = "MODE")]
+    pub invoke_auth: Option<wisp_core::InvokeAuth>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@
 //! max_concurrency = 10                              # optional
 //! min_instances = 1                                 # optional
 //! max_requests_per_instance = 100                   # optional
+//! invoke_auth = "public"                            # optional, "private" (default) or "public"
 //! [function.async_policy]                           # optional, every key optional
 //! max_retries = 2
 //! semantics = "at_least_once"                       # or "at_most_once", "effectively_once"
@@ -73,6 +74,7 @@ struct RawFunction {
     min_instances: Option<u32>,
     max_requests_per_instance: Option<u32>,
     async_policy: Option<wisp_core::AsyncConfig>,
+    invoke_auth: Option<wisp_core::InvokeAuth>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -200,6 +202,7 @@ impl Manifest {
                     .max_requests_per_instance
                     .unwrap_or(defaults.max_requests_per_instance),
                 async_policy: f.async_policy.unwrap_or_default(),
+                invoke_auth: f.invoke_auth.unwrap_or(defaults.invoke_auth),
             };
             config
                 .validate()
@@ -292,6 +295,30 @@ mod tests {
         let bare = &m.functions[1];
         assert_eq!(bare.config, FunctionConfig::default());
         assert_eq!(m.build_commands(), ["cargo build --release"]);
+    }
+
+    #[test]
+    fn invoke_auth_is_private_unless_made_public() {
+        let m = parse(
+            "[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\n\
+             [[function]]\nname = \"b\"\nwasm = \"b.wasm\"\ninvoke_auth = \"public\"\n\
+             [[function]]\nname = \"c\"\nwasm = \"c.wasm\"\ninvoke_auth = \"private\"\n",
+        )
+        .unwrap();
+        let modes: Vec<_> = m.functions.iter().map(|f| f.config.invoke_auth).collect();
+        assert_eq!(
+            modes,
+            [
+                wisp_core::InvokeAuth::Private,
+                wisp_core::InvokeAuth::Public,
+                wisp_core::InvokeAuth::Private
+            ]
+        );
+        let e = parse("[[function]]\nname = \"a\"\nwasm = \"a.wasm\"\ninvoke_auth = \"open\"\n")
+            .unwrap_err();
+        assert!(e.contains("invoke_auth"), "{e}");
+        assert!(e.contains("`open`"), "{e}");
+        assert!(e.contains("`public`") && e.contains("`private`"), "{e}");
     }
 
     #[test]

@@ -453,8 +453,9 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
         file(&reply).exists(),
         "a fresh upload keeps its grace period"
     );
-    // square's component and compiled code, and the earlier engine's file.
-    swept_files_reach(&server, 3.0).await;
+    // square's component, compiled code and its tag, and the earlier
+    // engine's file.
+    swept_files_reach(&server, 4.0).await;
     // Compiled code goes with its artifact, not by its own age: `reply`'s
     // stays while its component does.
     age_all(&compiled);
@@ -467,7 +468,7 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
     wait_gone(&file(&hello), &server).await;
     wait_gone(&code(&hello), &server).await;
     assert!(file(&echo).exists());
-    swept_files_reach(&server, 5.0).await;
+    swept_files_reach(&server, 7.0).await;
     assert!(code(&reply).exists() && code(&echo).exists());
     assert!(server.metric("wisp_code_swept_bytes_total").await.unwrap() > 0.0);
     let (status, _, body) = api.call("/fn/f").await;
@@ -480,4 +481,45 @@ async fn code_nothing_refers_to_is_swept_after_its_grace_period() {
     assert_eq!(again, square);
     create("g", square.clone()).await;
     assert!(file(&square).exists());
+}
+
+/// The invocations in `name`'s stats window.
+async fn invocations(api: &Api, name: &str) -> u64 {
+    let (status, stats) = api
+        .send(Method::GET, &format!("/v1/functions/{name}/stats"), None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    stats["total"]["invocations"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_created_again_starts_with_no_stats() {
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("again", "hello", json!({})).await;
+    for _ in 0..3 {
+        let (status, _, body) = api.call("/fn/again").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Each invocation is recorded once its response is over.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while invocations(&api, "again").await < 3 {
+        assert!(
+            std::time::Instant::now() < until,
+            "3 invocations in the stats"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let series = r#"faas_invocations_total{function="again",version="latest"}"#;
+    assert_eq!(server.metric(series).await, Some(3.0));
+
+    let (status, body) = api.send(Method::DELETE, "/v1/functions/again", None).await;
+    assert_eq!(status, 204, "{body}");
+    api.deploy("again", "hello", json!({})).await;
+    assert_eq!(
+        invocations(&api, "again").await,
+        0,
+        "the new function inherits nothing"
+    );
+    assert_eq!(server.metric(series).await, None);
 }

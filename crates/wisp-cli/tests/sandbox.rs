@@ -88,6 +88,12 @@ async fn a_trap_is_a_500_with_the_request_id_and_is_logged() {
     assert_eq!(err["code"], "function_trapped");
     let request_id = headers["x-wisp-request-id"].to_str().unwrap().to_string();
     assert_eq!(err["request_id"], request_id.as_str());
+    // The caller learns where to look, not the function's insides.
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains(&request_id), "{message}");
+    for inside in ["backtrace", "wasm", "unreachable", "0x", "boom"] {
+        assert!(!body.contains(inside), "`{inside}` in the answer: {body}");
+    }
 
     // The trap and the guest's stderr are in the logs under that request id.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -111,6 +117,8 @@ async fn a_trap_is_a_500_with_the_request_id_and_is_logged() {
                 .collect();
             assert!(text.contains("about to panic"), "{text}");
             assert!(text.contains("trapped"), "{text}");
+            // The trap itself, with its backtrace, is for the logs.
+            assert!(text.contains("wasm backtrace"), "{text}");
             break;
         }
         assert!(Instant::now() < deadline, "logs never appeared: {page}");
@@ -200,4 +208,121 @@ async fn over_max_concurrency_is_throttled_with_retry_after() {
         .send(reqwest::Method::GET, "/v1/functions/sleep/stats", None)
         .await;
     assert_eq!(stats["total"]["throttles"], 1, "{stats}");
+}
+
+/// What `hoard` reports it kept.
+async fn hoard(api: &Api, query: &str) -> (u16, Value) {
+    let (status, _, body) = api.call(&format!("/fn/hoard?{query}")).await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{query}: {body}"));
+    (status.as_u16(), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_a_function_makes_the_server_hold_is_bounded() {
+    use wisp_core::limits::{
+        MAX_FIELDS_BYTES, OUTGOING_BODY_BUFFER_CHUNKS, OUTGOING_BODY_CHUNK_BYTES,
+        max_host_resources,
+    };
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy("hoard", "hoard", json!({"memory_mib": 64}))
+        .await;
+    api.deploy("hello", "hello", json!({})).await;
+    let limit = max_host_resources(64);
+
+    // Within its share a function holds what it asks for.
+    let (status, kept) = hoard(&api, "fields=100&bytes=1000").await;
+    assert_eq!(
+        (status, &kept["fields"], &kept["refused"]),
+        (200, &json!(100), &json!(0))
+    );
+    // One header map larger than the limit stops the function.
+    let (status, err) = hoard(&api, &format!("fields=1&bytes={MAX_FIELDS_BYTES}")).await;
+    assert_eq!(
+        (status, &err["code"]),
+        (500, &json!("memory_limit_exceeded")),
+        "{err}"
+    );
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{MAX_FIELDS_BYTES} bytes")),
+        "{err}"
+    );
+    // A response body holds at most its buffer, however much is written.
+    let (status, kept) = hoard(&api, "fields=0&bodies=50").await;
+    assert_eq!(status, 200, "{kept}");
+    let per_body = OUTGOING_BODY_CHUNK_BYTES * (OUTGOING_BODY_BUFFER_CHUNKS + 1);
+    assert_eq!(kept["body_bytes"], json!(50 * per_body), "{kept}");
+
+    // Warm, then the baseline.
+    for _ in 0..3 {
+        assert_eq!(api.call("/fn/hello").await.0, 200);
+    }
+    let pid = server.pid();
+    let baseline = wisp_testkit::proc_status_mib(pid, "VmRSS").unwrap();
+
+    // 20,000 header maps of 60 KB (1.2 GB unbounded): stopped at the cap.
+    let (status, err) = hoard(&api, "fields=20000&bytes=60000").await;
+    assert_eq!(status, 500, "{err}");
+    assert_eq!(err["code"], "memory_limit_exceeded", "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{limit} host resources")),
+        "{err}"
+    );
+
+    // 100 of them one after another, then 40 eight at a time while
+    // another function is called: every other call is served.
+    for _ in 0..100 {
+        assert_eq!(hoard(&api, "fields=20000&bytes=60000").await.0, 500);
+    }
+    let client = reqwest::Client::new();
+    let mut hostile = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url) = (
+            client.clone(),
+            server.at("/fn/hoard?fields=1000000&bytes=4000"),
+        );
+        hostile.spawn(async move {
+            for _ in 0..5 {
+                let res = client.get(&url).send().await.expect("hoard call");
+                assert_eq!(res.status(), 500, "{:?}", res.text().await);
+            }
+        });
+    }
+    let mut served = 0;
+    while !hostile.is_empty() {
+        let (status, _, body) = api.call("/fn/hello").await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "Hello from Wisp!\n")
+        );
+        served += 1;
+        if let Some(done) = hostile.try_join_next() {
+            done.expect("hostile caller");
+        }
+    }
+    assert!(served > 0);
+
+    // The server was never near running out of memory: eight instances at
+    // once hold at most 8 x (64 MiB of memory + 64 MiB of host resources).
+    let peak = wisp_testkit::proc_status_mib(pid, "VmHWM").unwrap();
+    assert!(
+        peak < baseline + 8.0 * 128.0 + 128.0,
+        "peak RSS {peak:.0} MiB from a baseline of {baseline:.0} MiB"
+    );
+    // And what the requests held is given back once they end.
+    let mut rss = f64::MAX;
+    for _ in 0..100 {
+        rss = wisp_testkit::proc_status_mib(pid, "VmRSS").unwrap();
+        if rss <= baseline + 64.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rss <= baseline + 64.0,
+        "RSS {rss:.0} MiB stayed above the baseline of {baseline:.0} MiB + 64"
+    );
+    assert_eq!(api.call("/fn/hello").await.0, 200);
 }

@@ -182,8 +182,9 @@ pub struct Client {
 
 impl Client {
     /// A client for the server at `base_url` (such as `http://127.0.0.1:8080`),
-    /// sending `token` as a bearer token on control-API calls. The token is
-    /// never sent to functions through [`Client::invoke`].
+    /// sending `token` as a bearer token on control-API calls, and as the
+    /// `x-wisp-key` header on [`Client::invoke`] (the server removes it
+    /// before the function sees the request).
     pub fn new(base_url: impl Into<String>, token: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -676,6 +677,13 @@ impl Client {
             url: full.clone(),
             reason: e.to_string(),
         })?;
+        let mut headers = headers;
+        if let Some(token) = &self.token
+            && !headers.contains_key(wisp_core::KEY_HEADER)
+            && let Ok(v) = header::HeaderValue::from_str(token)
+        {
+            headers.insert(wisp_core::KEY_HEADER, v);
+        }
         let req = self
             .http
             .request(method, url.clone())

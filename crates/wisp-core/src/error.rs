@@ -17,6 +17,9 @@ pub enum ErrorCode {
     /// Compiling the uploaded component needed more memory or time than
     /// the server's compiler may use.
     CompileLimitExceeded,
+    /// Every compile slot stayed busy for as long as an upload may wait for
+    /// one; the upload was not read. Retry after `Retry-After`.
+    CompilerBusy,
     /// The request body is over a documented limit.
     PayloadTooLarge,
     /// The request body's `Content-Type` is not one the route takes.

@@ -69,6 +69,15 @@ pub enum InvokeError {
         /// The function's `memory_mib`.
         memory_mib: u32,
     },
+    /// The function made the host hold more than it may: more resources
+    /// at once than its memory limit allows (see
+    /// [`crate::limits::max_host_resources`]), or a header map over
+    /// [`crate::limits::MAX_FIELDS_BYTES`].
+    #[error("{message}")]
+    HostLimit {
+        /// Which limit, and what to do about it.
+        message: String,
+    },
     /// The function trapped.
     #[error("function trapped: {message}")]
     Trapped {
@@ -130,12 +139,48 @@ pub enum PrepareError {
     Internal(String),
 }
 
+/// One of a [`Preparer`]'s compile slots, from [`Preparer::reserve`]: as
+/// many exist as components are compiled at once. Held from before an
+/// upload's body is read until its compile is over, so that no more
+/// uploads are held in memory than can be compiled. Dropping it frees the
+/// slot.
+pub struct CompileSlot {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl CompileSlot {
+    /// A slot that stays taken until `guard` (a semaphore permit, say) is
+    /// dropped with it.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        CompileSlot {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for CompileSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileSlot")
+    }
+}
+
 /// Validates and compiles a component at deploy time, so that the request
 /// path never compiles.
 pub trait Preparer: Send + Sync + 'static {
+    /// Waits for a compile slot (for as long as it takes; callers bound the
+    /// wait). Fails only when the preparer is shutting down.
+    fn reserve(&self) -> BoxFuture<'_, Result<CompileSlot, PrepareError>>;
+
     /// Checks that `bytes` is a `wasi:http/proxy` component Wisp can link,
-    /// compiles it and caches the compiled form under `digest`.
-    fn prepare(&self, digest: Digest, bytes: Bytes) -> BoxFuture<'_, Result<(), PrepareError>>;
+    /// compiles it in `slot` (one from this preparer's
+    /// [`reserve`](Preparer::reserve)) and caches the compiled form under
+    /// `digest`.
+    fn prepare(
+        &self,
+        slot: CompileSlot,
+        digest: Digest,
+        bytes: Bytes,
+    ) -> BoxFuture<'_, Result<(), PrepareError>>;
 }
 
 /// Captured output of one stream of one invocation.

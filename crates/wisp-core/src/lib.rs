@@ -16,6 +16,7 @@
 pub mod destination;
 pub mod digest;
 pub mod error;
+pub mod files;
 pub mod invoke;
 pub mod limits;
 pub mod model;
@@ -26,10 +27,10 @@ pub use destination::{Broker, BrokerTarget, Destination, DestinationError, Proto
 pub use digest::{Digest, Swept, sweep_digest_files};
 pub use error::{ErrorBody, ErrorCode};
 pub use invoke::{
-    ArtifactSource, Body, BoxError, BoxFuture, Deployment, InvocationOutcome, InvocationRecord,
-    InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer, RuntimeSnapshot,
-    RuntimeState, VersionGauges,
+    ArtifactSource, Body, BoxError, BoxFuture, CompileSlot, Deployment, InvocationOutcome,
+    InvocationRecord, InvocationSink, InvokeError, Invoker, LogCapture, PrepareError, Preparer,
+    RuntimeSnapshot, RuntimeState, VersionGauges,
 };
 pub use model::*;
-pub use names::{AliasName, FastMap, FunctionName, NameError, Qualifier, Target};
-pub use spec::{AsyncConfig, FunctionConfig, Semantics, ValidationError};
+pub use names::{AliasName, FastMap, FastSet, FunctionName, NameError, Qualifier, Target};
+pub use spec::{AsyncConfig, FunctionConfig, InvokeAuth, KEY_HEADER, Semantics, ValidationError};

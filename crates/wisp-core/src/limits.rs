@@ -3,6 +3,9 @@
 
 /// Largest component upload, in bytes (50 MiB).
 pub const MAX_ARTIFACT_BYTES: usize = 50 * 1024 * 1024;
+/// Longest a component upload waits for a compile slot (one per CPU core)
+/// before its body is read, in seconds; then 503 `compiler_busy`.
+pub const COMPILE_SLOT_WAIT_SECS: u64 = 30;
 /// Largest JSON body accepted by the control API, in bytes (1 MiB).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 /// Default largest request body forwarded to a function, in bytes (16 MiB).
@@ -62,3 +65,47 @@ pub const MAX_LOG_BYTES_PER_STREAM: usize = 64 * 1024;
 pub const MAX_LOG_QUERY_LIMIT: u32 = 1000;
 /// Most aliases per function.
 pub const MAX_ALIASES_PER_FUNCTION: usize = 100;
+
+/// Largest in-memory size of one `wasi:http` `fields` resource (a header or
+/// trailer map) a function makes, in bytes (64 KiB): its names, values and
+/// the map around them. A larger one is refused to the guest with
+/// `header-error.size-exceeded`.
+pub const MAX_FIELDS_BYTES: usize = 64 * 1024;
+/// Largest chunk of a response body the host takes from a function at once,
+/// in bytes (64 KiB); a body holds at most [`OUTGOING_BODY_BUFFER_CHUNKS`]
+/// more of them while the client reads.
+pub const OUTGOING_BODY_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks of a response body buffered beyond the one being written.
+pub const OUTGOING_BODY_BUFFER_CHUNKS: usize = 1;
+/// Most host memory one entry of an instance's resource table can make
+/// the host hold, in bytes: a full `fields`, or an outgoing body with its
+/// buffer full.
+pub const MAX_HOST_RESOURCE_BYTES: usize = {
+    let body = OUTGOING_BODY_CHUNK_BYTES * (OUTGOING_BODY_BUFFER_CHUNKS + 1);
+    if body > MAX_FIELDS_BYTES {
+        body
+    } else {
+        MAX_FIELDS_BYTES
+    }
+};
+/// Fewest host resources an instance may hold at once, whatever its
+/// `memory_mib`.
+pub const MIN_HOST_RESOURCES: usize = 64;
+/// Largest `wasi:random` request, in bytes (1 MiB): the host allocates the
+/// bytes before the guest receives them.
+pub const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
+
+/// Most host resources (`wasi:http` fields, requests, responses, bodies,
+/// streams, pollables, ...) an instance with `memory_mib` may hold at once:
+/// its memory limit divided by [`MAX_HOST_RESOURCE_BYTES`], at least
+/// [`MIN_HOST_RESOURCES`]. So the host memory an instance can make the
+/// server hold is bounded by `max(memory_mib, 8)` MiB, on top of its own
+/// linear memory, its captured output and the request body in flight.
+pub const fn max_host_resources(memory_mib: u32) -> usize {
+    let by_memory = memory_mib as usize * 1024 * 1024 / MAX_HOST_RESOURCE_BYTES;
+    if by_memory > MIN_HOST_RESOURCES {
+        by_memory
+    } else {
+        MIN_HOST_RESOURCES
+    }
+}

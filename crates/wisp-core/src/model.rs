@@ -184,6 +184,9 @@ pub struct FunctionInput {
     /// See [`FunctionConfig::async_policy`] (replaced whole when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub async_policy: Option<crate::spec::AsyncConfig>,
+    /// See [`FunctionConfig::invoke_auth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoke_auth: Option<crate::spec::InvokeAuth>,
 }
 
 impl FunctionInput {
@@ -208,6 +211,7 @@ impl FunctionInput {
                 .async_policy
                 .clone()
                 .unwrap_or_else(|| base.async_policy.clone()),
+            invoke_auth: self.invoke_auth.unwrap_or(base.invoke_auth),
         };
         config.validate()?;
         Ok(config)

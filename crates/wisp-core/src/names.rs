@@ -11,6 +11,9 @@ use std::str::FromStr;
 /// an unknown one inserts nothing.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The set beside [`FastMap`], with the same hasher, for the same keys.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Longest function or alias name.
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -54,6 +54,64 @@ pub struct FunctionConfig {
     /// aged out and deduplicated.
     #[serde(default)]
     pub async_policy: AsyncConfig,
+    /// Who may invoke this version through the data plane (`/fn/`):
+    /// `private`, the default, needs the server's token wherever `/v1`
+    /// does; `public` lets anyone invoke it synchronously. Queuing work
+    /// (`x-wisp-invocation-type: async`) needs the token whenever the
+    /// server requires one, whatever this says.
+    #[serde(default)]
+    pub invoke_auth: InvokeAuth,
+}
+
+/// Request header that carries the server's token on the data plane, as an
+/// alternative to `Authorization: Bearer`, so that a function's own
+/// `Authorization` header passes through untouched. The server removes it
+/// before the function sees the request.
+pub const KEY_HEADER: &str = "x-wisp-key";
+
+/// Who may invoke a function through the data plane; see
+/// [`FunctionConfig::invoke_auth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvokeAuth {
+    /// Callers need the server's token when the server requires one
+    /// (`Authorization: Bearer <token>` or `x-wisp-key: <token>`).
+    #[default]
+    Private,
+    /// Synchronous invocations need no credential.
+    Public,
+}
+
+impl InvokeAuth {
+    /// The lowercase name, as in JSON and the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvokeAuth::Private => "private",
+            InvokeAuth::Public => "public",
+        }
+    }
+}
+
+impl std::fmt::Display for InvokeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for InvokeAuth {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "private" => Ok(InvokeAuth::Private),
+            "public" => Ok(InvokeAuth::Public),
+            other => Err(ValidationError::new(
+                "invoke_auth",
+                format!(
+                    "`{other}` is not an access mode; use `private` (the default: the server's token is needed wherever /v1 needs it) or `public` (anyone may invoke synchronously)"
+                ),
+            )),
+        }
+    }
 }
 
 /// Delivery guarantee of asynchronous invocations.
@@ -195,6 +253,7 @@ impl Default for FunctionConfig {
             min_instances: 0,
             max_requests_per_instance: 1,
             async_policy: AsyncConfig::default(),
+            invoke_auth: InvokeAuth::Private,
         }
     }
 }

@@ -178,8 +178,13 @@ fn limit_data(mib: u64) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Writes `bytes` to `path` (mode 0600 if it creates it) and fsyncs it.
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = wisp_core::files::private_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -344,8 +349,8 @@ mod tests {
         let cached = || -> Vec<String> {
             let engine_dir = std::fs::read_dir(dir.path())
                 .unwrap()
-                .next()
-                .unwrap()
+                .map(|e| e.unwrap())
+                .find(|e| e.file_name().to_string_lossy().starts_with("engine-"))
                 .unwrap();
             std::fs::read_dir(engine_dir.path())
                 .unwrap()
@@ -354,8 +359,9 @@ mod tests {
         };
 
         let truncated = wisp_testkit::example_bytes("hello")[..200].to_vec();
+        let slot = runtime.reserve().await.unwrap();
         let err = runtime
-            .prepare(Digest::of(&truncated), truncated.into())
+            .prepare(slot, Digest::of(&truncated), truncated.into())
             .await
             .unwrap_err();
         assert!(
@@ -366,7 +372,19 @@ mod tests {
 
         let hello = wisp_testkit::example_bytes("hello");
         let digest = Digest::of(&hello);
-        runtime.prepare(digest.clone(), hello.into()).await.unwrap();
-        assert_eq!(cached(), vec![format!("{}.cwasm", digest.hex())]);
+        let slot = runtime.reserve().await.unwrap();
+        runtime
+            .prepare(slot, digest.clone(), hello.into())
+            .await
+            .unwrap();
+        let mut files = cached();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                format!("{}.cwasm", digest.hex()),
+                format!("{}.tag", digest.hex())
+            ]
+        );
     }
 }

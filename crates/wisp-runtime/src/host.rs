@@ -80,6 +80,14 @@ static FORBIDDEN_HEADERS: std::sync::LazyLock<wasmtime_wasi_http::ForbiddenHeade
     });
 
 impl WasiHttpHooks for DenyOutbound {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        wisp_core::limits::OUTGOING_BODY_BUFFER_CHUNKS
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        wisp_core::limits::OUTGOING_BODY_CHUNK_BYTES
+    }
+
     fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
         wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
     }
@@ -108,35 +116,148 @@ impl WasiHttpHooks for DenyOutbound {
     }
 }
 
-/// Enforces a function's `memory_mib` on every linear memory, and remembers
-/// whether a growth was refused so the failure can name the limit.
+/// Bytes one element of a wasm table is counted as against `memory_mib`
+/// (a function reference: one pointer).
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// Enforces a function's `memory_mib` on the sum of all the instance's
+/// linear memories and tables (a component holds several core instances,
+/// each with its own), and remembers whether a growth was refused so the
+/// failure can name the limit.
+#[derive(Debug, Default)]
 pub struct MemoryLimiter {
-    pub(crate) limit_bytes: usize,
+    limit_bytes: usize,
+    /// Bytes of every memory and table of the instance so far.
+    used_bytes: usize,
+    /// The growth granted last, taken back if it then failed.
+    last_grant: usize,
     pub(crate) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    /// A limiter for a new instance with `limit_bytes` in all.
+    pub(crate) fn new(limit_bytes: usize) -> Self {
+        MemoryLimiter {
+            limit_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Grants growing one memory or table from `current` to `desired`
+    /// bytes if the instance's total stays within the limit.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let more = desired.saturating_sub(current);
+        let total = self.used_bytes.saturating_add(more);
+        if total > self.limit_bytes {
+            self.exceeded = true;
+            self.last_grant = 0;
+            return false;
+        }
+        self.used_bytes = total;
+        self.last_grant = more;
+        true
+    }
+
+    /// Takes back the last grant: the growth it allowed did not happen.
+    fn grow_failed(&mut self) {
+        self.used_bytes -= std::mem::take(&mut self.last_grant);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit_bytes {
-            self.exceeded = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far beyond
-        // any real program and bounds host memory per instance.
-        Ok(desired <= 1_000_000)
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        ))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_limit() {
+        let mut limiter = MemoryLimiter::new(1000);
+        // Two memories of 400 bytes each fit; a third does not.
+        assert!(limiter.memory_growing(0, 400, None).unwrap());
+        assert!(limiter.memory_growing(0, 400, None).unwrap());
+        assert!(!limiter.exceeded);
+        assert!(!limiter.memory_growing(0, 400, None).unwrap());
+        assert!(limiter.exceeded);
+        // Growing the first memory by 100 fits; a table of 13 elements
+        // (104 bytes) then does not, one of 12 (96 bytes) does.
+        assert!(limiter.memory_growing(400, 500, None).unwrap());
+        assert!(
+            !limiter
+                .table_growing(0, 104 / TABLE_ELEMENT_BYTES, None)
+                .unwrap()
+        );
+        assert!(
+            limiter
+                .table_growing(0, 96 / TABLE_ELEMENT_BYTES, None)
+                .unwrap()
+        );
+    }
+
+    /// A component of two core instances, each with a memory of two
+    /// 64 KiB pages: 256 KiB in all, 128 KiB in each.
+    const TWO_MEMORIES: &str = r#"(component
+        (core module $m (memory 2))
+        (core instance (instantiate $m))
+        (core instance (instantiate $m)))"#;
+
+    #[tokio::test]
+    async fn memory_mib_bounds_the_sum_of_an_instances_memories() {
+        let engine = wasmtime::Engine::new(&crate::engine_config(8, 1 << 20, true)).unwrap();
+        let bytes = wat::parse_str(TWO_MEMORIES).unwrap();
+        let component = wasmtime::component::Component::new(&engine, &bytes).unwrap();
+        let linker = wasmtime::component::Linker::<MemoryLimiter>::new(&engine);
+        // Each memory alone fits in 192 KiB; both together do not.
+        for (limit_kib, fits) in [(192, false), (256, true)] {
+            let mut store = wasmtime::Store::new(&engine, MemoryLimiter::new(limit_kib * 1024));
+            store.limiter(|limiter| limiter);
+            let made = linker.instantiate_async(&mut store, &component).await;
+            assert_eq!(made.is_ok(), fits, "limit {limit_kib} KiB");
+            assert_eq!(store.data().exceeded, !fits, "limit {limit_kib} KiB");
+        }
+    }
+
+    #[test]
+    fn a_failed_growth_gives_its_grant_back() {
+        let mut limiter = MemoryLimiter::new(1000);
+        assert!(limiter.memory_growing(0, 600, None).unwrap());
+        assert!(limiter.memory_growing(600, 1000, None).unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::format_err!("no memory"))
+            .unwrap();
+        // The 400 bytes that were never added are free again.
+        assert!(limiter.memory_growing(0, 400, None).unwrap());
+        assert!(!limiter.exceeded);
     }
 }

@@ -189,10 +189,9 @@ impl Inner {
             stdout,
             stderr,
         } = self.pool.take_spare().unwrap_or_else(|| self.new_host());
-        host.limiter = MemoryLimiter {
-            limit_bytes: memory_mib as usize * MIB,
-            exceeded: false,
-        };
+        host.limiter = MemoryLimiter::new(memory_mib as usize * MIB);
+        host.table
+            .set_max_capacity(wisp_core::limits::max_host_resources(memory_mib));
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
         // Every epoch tick a running guest yields to the executor, so a CPU
@@ -267,26 +266,19 @@ impl Inner {
     }
 
     /// Host state for a new instance: captured stdout/stderr, no preopens,
-    /// no sockets, outbound HTTP denied.
+    /// no sockets, outbound HTTP denied, `fields` resources bounded.
     fn new_host(&self) -> Spare {
         let stdout = Capture::new(self.config.log_limit);
         let stderr = Capture::new(self.config.log_limit);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(wisp_core::limits::MAX_FIELDS_BYTES);
         let host = Host {
             context: RequestContext::default(),
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
+            wasi: wasi_ctx(&stdout, &stderr),
+            http,
             table: ResourceTable::new(),
             hooks: DenyOutbound,
-            limiter: MemoryLimiter {
-                limit_bytes: 0,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::default(),
         };
         Spare {
             host,
@@ -298,8 +290,8 @@ impl Inner {
     /// Ends an instance that will not serve again: its store (and so its
     /// pool slot) goes first, then its capacity permits; the host state is
     /// reset and kept for the next instance. Nothing of the guest survives
-    /// in it: the resource table is replaced, the randomness re-seeded, and
-    /// the capture buffers were taken.
+    /// in it: the resource table and the WASI context (so its randomness)
+    /// are replaced, and the capture buffers were taken.
     fn retire(&self, instance: LiveInstance) {
         let LiveInstance {
             store,
@@ -315,7 +307,7 @@ impl Inner {
         drop((_slot, _memory));
         host.table = ResourceTable::new();
         host.context = RequestContext::default();
-        *host.wasi.random() = wasmtime_wasi::random::WasiRandomCtx::default();
+        host.wasi = wasi_ctx(&stdout, &stderr);
         self.pool.put_spare(Spare {
             host,
             stdout,
@@ -485,8 +477,11 @@ impl Inner {
                     tracing::debug!(error = ?e, "memory limit hit");
                     InvocationOutcome::Failed(InvokeError::MemoryLimit { memory_mib })
                 }
-                Ok(Err(e)) => InvocationOutcome::Failed(InvokeError::Trapped {
-                    message: format!("{e:?}"),
+                Ok(Err(e)) => InvocationOutcome::Failed(match host_limit(&e, memory_mib) {
+                    Some(message) => InvokeError::HostLimit { message },
+                    None => InvokeError::Trapped {
+                        message: format!("{e:?}"),
+                    },
                 }),
                 Ok(Ok(())) => match status.load(Ordering::SeqCst) {
                     0 => InvocationOutcome::Failed(InvokeError::NoResponse {
@@ -609,6 +604,45 @@ impl Inner {
         self.premake(&state, &d, (loaded, used), true).await;
         Ok(())
     }
+}
+
+/// The WASI context of an instance: output captured, no preopens, no
+/// sockets, `wasi:random` requests bounded.
+fn wasi_ctx(stdout: &Capture, stderr: &Capture) -> wasmtime_wasi::WasiCtx {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .max_random_size(wisp_core::limits::MAX_RANDOM_BYTES);
+    wasi.build()
+}
+
+/// Why a guest was stopped for what it made the host hold, if it was:
+/// its resource table was full (it held as many host resources as its
+/// memory limit allows), or it made a header map over the size limit.
+fn host_limit(e: &wasmtime::Error, memory_mib: u32) -> Option<String> {
+    use wasmtime::component::ResourceTableError;
+    use wasmtime_wasi_http::FieldMapError;
+    e.chain().find_map(|cause| {
+        if let Some(ResourceTableError::Full) = cause.downcast_ref() {
+            let limit = wisp_core::limits::max_host_resources(memory_mib);
+            return Some(format!(
+                "function held more than {limit} host resources at once (fields, bodies, \
+                 streams, pollables), the most its memory_mib of {memory_mib} allows; drop \
+                 those it no longer needs or raise memory_mib"
+            ));
+        }
+        if let Some(FieldMapError::TotalSizeTooBig) = cause.downcast_ref() {
+            return Some(format!(
+                "function made a header or trailer map larger than {} bytes, the most one \
+                 may hold",
+                wisp_core::limits::MAX_FIELDS_BYTES
+            ));
+        }
+        None
+    })
 }
 
 type Run = Pin<Box<dyn Future<Output = Option<InvokeError>> + Send>>;

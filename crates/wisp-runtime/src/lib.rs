@@ -33,8 +33,11 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wisp_core::PrepareError as PE;
-use wisp_core::{ArtifactSource, BoxFuture, Digest, InvocationSink, PrepareError, Preparer};
+use wisp_core::{
+    ArtifactSource, BoxFuture, CompileSlot, Digest, InvocationSink, PrepareError, Preparer,
+};
 
+pub use cache::tag_compiled;
 pub use compile::{ChildCompiler, Compiler};
 pub use host::Host;
 
@@ -44,6 +47,10 @@ pub enum RuntimeError {
     /// wasmtime refused the engine configuration.
     #[error("could not configure the WebAssembly engine: {0}")]
     Engine(String),
+    /// The compiled-code cache directory may be written by others, or its
+    /// key could not be read or made.
+    #[error("could not use the compiled-code cache: {0}")]
+    Files(#[from] wisp_core::files::FilesError),
     /// The compiled-artifact cache directory is unusable.
     #[error("could not use the compiled-artifact cache at {path}: {source}")]
     Cache {
@@ -114,8 +121,9 @@ pub(crate) struct Inner {
     pool: pool::Pool,
     config: RuntimeConfig,
     /// Compiles at once: one per core, so that a burst of deploys queues
-    /// rather than running a compiler (and its memory) per upload.
-    compiles: tokio::sync::Semaphore,
+    /// rather than running a compiler (and its memory) per upload. Uploads
+    /// take their slot before their body is read ([`Preparer::reserve`]).
+    compiles: Arc<tokio::sync::Semaphore>,
 }
 
 /// The wasmtime runtime. Cheap to clone.
@@ -205,9 +213,9 @@ impl Runtime {
             sink,
             pool: pool::Pool::new(&config),
             config: config.clone(),
-            compiles: tokio::sync::Semaphore::new(
+            compiles: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            )),
         });
         start_epoch_ticker(Arc::downgrade(&inner), config.epoch_tick);
         pool::start_sweeper(Arc::downgrade(&inner));
@@ -286,19 +294,31 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Inner {
+    /// Waits for a compile slot.
+    async fn compile_slot(&self) -> Result<CompileSlot, PrepareError> {
+        let permit = self
+            .compiles
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PE::Internal("the runtime is shutting down".into()))?;
+        Ok(CompileSlot::new(permit))
+    }
+
     /// Compiles `bytes` (which validates them) with the configured
-    /// [`Compiler`] and puts the compiled form in the cache.
+    /// [`Compiler`] and puts the compiled form in the cache, in `slot` or
+    /// else in a slot it waits for.
     async fn compile_into_cache(
         self: &Arc<Self>,
         digest: &Digest,
         bytes: bytes::Bytes,
+        slot: Option<CompileSlot>,
     ) -> Result<Component, PrepareError> {
         check_header(&bytes)?;
-        let _turn = self
-            .compiles
-            .acquire()
-            .await
-            .map_err(|_| PE::Internal("the runtime is shutting down".into()))?;
+        let _turn = match slot {
+            Some(slot) => slot,
+            None => self.compile_slot().await?,
+        };
         let (me, d) = (self.clone(), digest.clone());
         match &self.config.compiler {
             Compiler::InProcess => {
@@ -370,7 +390,7 @@ impl Inner {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("cannot read artifact {digest}: {e}"))?;
-                self.compile_into_cache(&digest, bytes.into())
+                self.compile_into_cache(&digest, bytes.into(), None)
                     .await
                     .map_err(|e| e.to_string())?
             }
@@ -387,8 +407,13 @@ impl Inner {
 }
 
 impl Preparer for Runtime {
+    fn reserve(&self) -> BoxFuture<'_, Result<CompileSlot, PrepareError>> {
+        Box::pin(self.inner.compile_slot())
+    }
+
     fn prepare(
         &self,
+        slot: CompileSlot,
         digest: Digest,
         bytes: bytes::Bytes,
     ) -> BoxFuture<'_, Result<(), PrepareError>> {
@@ -398,7 +423,7 @@ impl Preparer for Runtime {
             // only the link check depends on this server.
             let component = match inner.cached(&digest).await? {
                 Some(component) => component,
-                None => inner.compile_into_cache(&digest, bytes).await?,
+                None => inner.compile_into_cache(&digest, bytes, Some(slot)).await?,
             };
             blocking(move || inner.link(&component).map(drop).map_err(PE::Invalid)).await?
         })

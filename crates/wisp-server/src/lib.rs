@@ -35,6 +35,10 @@ pub const TOKEN_FILE: &str = "token";
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The data directory (or a file the server keeps in it) is unusable,
+    /// or others may write to it.
+    #[error("cannot use the data directory: {0}")]
+    Files(#[from] wisp_core::files::FilesError),
     /// The data directory is unusable.
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
@@ -98,9 +102,11 @@ pub struct ServerConfig {
     /// Require the bearer token even on a loopback address.
     pub require_token: bool,
     /// Where compiled code is cached; `<data_dir>/compiled` when `None`.
-    /// Entries are keyed by digest and engine build, so servers may share
-    /// one; a cache given here is never swept (another server's code may be
-    /// in it).
+    /// Entries are keyed by digest and engine build and authenticated with
+    /// the key kept in the cache directory itself, so servers may share
+    /// one (and trust each other's code); a cache given here must not be
+    /// writable by its group or others, and is never swept (another
+    /// server's code may be in it).
     pub cache_dir: Option<PathBuf>,
     /// How long an artifact (and its compiled code) that nothing refers to
     /// is kept after it was last uploaded or referred to.
@@ -158,31 +164,8 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Reads the token from the data directory, creating a random one (mode
 /// 0600) on first start.
-pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
-    let path = data_dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let tmp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    Ok(token)
+pub fn load_or_create_token(data_dir: &Path) -> Result<String, wisp_core::files::FilesError> {
+    wisp_core::files::load_or_create_secret(&data_dir.join(TOKEN_FILE))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -218,8 +201,8 @@ pub async fn run(
         path: data_dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&data_dir).map_err(dir_err)?;
-    let token = load_or_create_token(&data_dir).map_err(dir_err)?;
+    wisp_core::files::check_private_dir(&data_dir)?;
+    let token = load_or_create_token(&data_dir)?;
     let sqlite = Arc::new(wisp_store::sqlite::SqliteStore::open(
         data_dir.join("wisp.db"),
     )?);
@@ -229,12 +212,17 @@ pub async fn run(
         wisp_store::artifacts::ArtifactDir::open(data_dir.join("artifacts")).map_err(dir_err)?,
     );
     let telemetry = wisp_api::Telemetry::new(store.clone());
-    let mut runtime_config = wisp_runtime::RuntimeConfig::new(
-        config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("compiled")),
-    );
+    let cache_dir = match &config.cache_dir {
+        // A directory given is the operator's: the runtime refuses it if
+        // others may write to it.
+        Some(dir) => dir.clone(),
+        None => {
+            let own = data_dir.join("compiled");
+            wisp_core::files::private_dir(&own).map_err(dir_err)?;
+            own
+        }
+    };
+    let mut runtime_config = wisp_runtime::RuntimeConfig::new(cache_dir);
     runtime_config.max_instances = config.max_instances;
     runtime_config.max_instance_memory_mib = config.max_instance_memory_mib;
     runtime_config.idle_timeout = config.idle_timeout;
@@ -330,7 +318,7 @@ pub async fn run(
     println!("wisp listening on http://{local}");
     tracing::info!(%local, data_dir = %data_dir.display(), token_required = needs_token, "wisp server started");
     let addr_file = data_dir.join("address");
-    let _ = std::fs::write(&addr_file, format!("http://{local}\n"));
+    let _ = wisp_core::files::replace_private(&addr_file, format!("http://{local}\n").as_bytes());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

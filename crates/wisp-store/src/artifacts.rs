@@ -26,7 +26,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -54,7 +54,10 @@ impl ArtifactDir {
     pub fn open(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().to_path_buf();
         let dir = root.join(ALGORITHM_DIR);
-        fs::create_dir_all(&dir)?;
+        // Only the server's user may read or write components (0700).
+        for d in [&root, &dir] {
+            wisp_core::files::private_dir(d)?;
+        }
         // Make the directory entries themselves durable.
         sync_dir(&root)?;
         let artifacts = ArtifactDir {
@@ -144,7 +147,8 @@ impl ArtifactDir {
             std::process::id(),
             self.counter.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = write_durably(&temp, bytes).and_then(|()| fs::rename(&temp, &path));
+        let result = wisp_core::files::write_private_new(&temp, bytes)
+            .and_then(|()| fs::rename(&temp, &path));
         if let Err(e) = result {
             let _ = fs::remove_file(&temp);
             return Err(e);
@@ -232,13 +236,6 @@ impl ArtifactSource for ArtifactDir {
     fn read(&self, digest: &Digest) -> io::Result<Vec<u8>> {
         ArtifactDir::read(self, digest)
     }
-}
-
-/// Creates `path` (which must not exist), writes `bytes` and fsyncs it.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Fsyncs a directory so that entries created or renamed in it are durable.

@@ -5,7 +5,11 @@
 //! blocking pool. Each write is one `BEGIN IMMEDIATE` transaction. The
 //! store assumes it is the only process writing to its file: the
 //! [`resolve`](MetadataStore::resolve) cache is invalidated by this
-//! process's writes only.
+//! process's writes only. That cache also holds every function's name (read
+//! at open, kept by each write), so a request for an unknown function is
+//! answered without a query, and remembers up to
+//! [`MAX_CACHED_MISSES_PER_FUNCTION`] missing versions and aliases per
+//! function.
 //!
 //! # Schema (version 1, tracked in `PRAGMA user_version`)
 //!
@@ -46,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 use wisp_core::limits::{MAX_ALIASES_PER_FUNCTION, MAX_LOG_QUERY_LIMIT};
 use wisp_core::{
-    Alias, AliasName, AliasRouting, Deployment, Digest, FastMap, Function, FunctionConfig,
+    Alias, AliasName, AliasRouting, Deployment, Digest, FastMap, FastSet, Function, FunctionConfig,
     FunctionInput, FunctionName, FunctionVersion, LogPage, LogRecord, LogStream, Qualifier,
     ValidationError, VersionId,
 };
@@ -59,7 +63,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
 /// Append new entries, never edit old ones.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE functions (
@@ -160,15 +164,127 @@ CREATE TABLE trigger_cursors (
 ) STRICT;
 "#;
 
+/// Data-plane access; functions and versions from before it are private.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE functions ADD COLUMN invoke_auth TEXT NOT NULL DEFAULT 'private';
+ALTER TABLE versions ADD COLUMN invoke_auth TEXT NOT NULL DEFAULT 'private';
+"#;
+
 /// The config columns shared by `functions` and `versions`, in the order
 /// [`read_code_and_config`] expects.
 const CONFIG_COLUMNS: &str = "code_digest, code_size, description, labels, env, memory_mib, \
-     timeout_ms, max_concurrency, min_instances, max_requests_per_instance, async_policy";
+     timeout_ms, max_concurrency, min_instances, max_requests_per_instance, async_policy, \
+     invoke_auth";
 /// How many columns [`CONFIG_COLUMNS`] names.
-const CONFIG_COLUMN_COUNT: usize = 11;
+const CONFIG_COLUMN_COUNT: usize = 12;
 
-/// Resolved qualifiers of one function.
-type FunctionCache = FastMap<Qualifier, Resolved>;
+/// Most qualifiers of one function remembered as missing; past it that
+/// function's misses are forgotten and counted afresh.
+pub const MAX_CACHED_MISSES_PER_FUNCTION: usize = 1024;
+
+/// What the data plane learnt resolving one qualifier.
+#[derive(Clone)]
+enum Cached {
+    Hit(Resolved),
+    /// Not found, and why: the error is made again from it.
+    Miss(Missing),
+}
+
+/// A qualifier's not-found, kept so that asking again costs no query.
+#[derive(Clone)]
+enum Missing {
+    Version(u32),
+    Alias(AliasName),
+}
+
+impl Missing {
+    fn of(error: &StoreError) -> Option<Missing> {
+        match error {
+            StoreError::VersionNotFound { version, .. } => Some(Missing::Version(*version)),
+            StoreError::AliasNotFound { alias, .. } => Some(Missing::Alias(alias.clone())),
+            _ => None,
+        }
+    }
+
+    fn error(&self, function: &FunctionName) -> StoreError {
+        let function = function.clone();
+        match self {
+            Missing::Version(version) => StoreError::VersionNotFound {
+                function,
+                version: *version,
+            },
+            Missing::Alias(alias) => StoreError::AliasNotFound {
+                function,
+                alias: alias.clone(),
+            },
+        }
+    }
+}
+
+/// Resolved (and missing) qualifiers of one function.
+#[derive(Default)]
+struct FunctionCache {
+    entries: FastMap<Qualifier, Cached>,
+    misses: usize,
+}
+
+/// The data plane's view of the store, in memory: every function's name,
+/// so an unknown name is answered without a query, and what each
+/// qualifier asked for resolved to. Bounded by what the store holds, plus
+/// [`MAX_CACHED_MISSES_PER_FUNCTION`] misses per function.
+#[derive(Default)]
+struct ResolveCache {
+    names: FastSet<FunctionName>,
+    functions: FastMap<FunctionName, FunctionCache>,
+}
+
+impl ResolveCache {
+    /// What is known of `name:qualifier`, if anything.
+    fn get(
+        &self,
+        name: &FunctionName,
+        qualifier: &Qualifier,
+    ) -> Option<Result<Resolved, StoreError>> {
+        if !self.names.contains(name) {
+            return Some(Err(StoreError::FunctionNotFound(name.clone())));
+        }
+        match self.functions.get(name)?.entries.get(qualifier)? {
+            Cached::Hit(resolved) => Some(Ok(resolved.clone())),
+            Cached::Miss(missing) => Some(Err(missing.error(name))),
+        }
+    }
+
+    /// Remembers what resolving `name:qualifier` gave, if it is worth it.
+    fn fill(
+        &mut self,
+        name: &FunctionName,
+        qualifier: &Qualifier,
+        result: &Result<Resolved, StoreError>,
+    ) {
+        let cached = match result {
+            Ok(resolved) => Cached::Hit(resolved.clone()),
+            Err(StoreError::FunctionNotFound(_)) => {
+                self.names.remove(name);
+                return;
+            }
+            Err(e) => match Missing::of(e) {
+                Some(missing) => Cached::Miss(missing),
+                None => return,
+            },
+        };
+        let function = self.functions.entry(name.clone()).or_default();
+        if let Cached::Miss(_) = cached {
+            if function.misses >= MAX_CACHED_MISSES_PER_FUNCTION {
+                function.entries.retain(|_, c| matches!(c, Cached::Hit(_)));
+                function.misses = 0;
+            }
+            function.misses += 1;
+        }
+        if let Some(Cached::Miss(_)) = function.entries.insert(qualifier.clone(), cached) {
+            function.misses -= 1;
+        }
+    }
+}
 
 /// [`MetadataStore`] on an SQLite file. Cloning is cheap and shares the
 /// connection and the cache.
@@ -181,7 +297,7 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Filled and invalidated only while `conn` is locked, so an entry is
     /// never older than the last write.
-    cache: RwLock<FastMap<FunctionName, FunctionCache>>,
+    cache: RwLock<ResolveCache>,
     log_retention: AtomicU64,
 }
 
@@ -201,6 +317,7 @@ impl SqliteStore {
         {
             std::fs::create_dir_all(parent)?;
         }
+        wisp_core::files::private_sqlite(path)?;
         Self::from_connection(Connection::open(path)?)
     }
 
@@ -219,10 +336,17 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
+        let names = conn
+            .prepare("SELECT name FROM functions")?
+            .query_map([], |row| Ok(row.get::<_, Parsed<FunctionName>>(0)?.0))?
+            .collect::<Result<_, _>>()?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
-                cache: RwLock::new(FastMap::default()),
+                cache: RwLock::new(ResolveCache {
+                    names,
+                    functions: FastMap::default(),
+                }),
                 log_retention: AtomicU64::new(LOG_RETENTION_RECORDS),
             }),
         })
@@ -267,7 +391,7 @@ impl SqliteStore {
             // Also on failure: cheap, and safe if a commit error left the
             // outcome unclear.
             if let Some(name) = &function {
-                inner.invalidate(name);
+                inner.invalidate(conn, name);
             }
             result
         })
@@ -277,7 +401,11 @@ impl SqliteStore {
     /// How many qualifiers of `name` are cached.
     #[cfg(test)]
     fn cached(&self, name: &FunctionName) -> usize {
-        self.inner.read_cache().get(name).map_or(0, FastMap::len)
+        self.inner
+            .read_cache()
+            .functions
+            .get(name)
+            .map_or(0, |f| f.entries.len())
     }
 }
 
@@ -288,16 +416,30 @@ impl Inner {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, FastMap<FunctionName, FunctionCache>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, ResolveCache> {
         self.cache.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, FastMap<FunctionName, FunctionCache>> {
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, ResolveCache> {
         self.cache.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn invalidate(&self, name: &FunctionName) {
-        self.write_cache().remove(name);
+    /// Forgets what was resolved of `name` after a write to it, and
+    /// whether it exists, read again from `conn` (which the caller holds);
+    /// if that read fails, the name is kept (a name that is not there
+    /// only costs a query).
+    fn invalidate(&self, conn: &Connection, name: &FunctionName) {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM functions WHERE name = ?1")
+            .and_then(|mut stmt| stmt.exists([name.as_str()]))
+            .unwrap_or(true);
+        let mut cache = self.write_cache();
+        cache.functions.remove(name);
+        if exists {
+            cache.names.insert(name.clone());
+        } else {
+            cache.names.remove(name);
+        }
     }
 }
 
@@ -431,6 +573,7 @@ fn read_code_and_config(
         min_instances: row.get(i + 8)?,
         max_requests_per_instance: row.get(i + 9)?,
         async_policy: row.get::<_, Json<_>>(i + 10)?.0,
+        invoke_auth: row.get::<_, Parsed<_>>(i + 11)?.0,
     };
     Ok((digest, size, config))
 }
@@ -678,7 +821,8 @@ fn put_function_tx(
                 "UPDATE functions SET code_digest = ?2, code_size = ?3, description = ?4,
                     labels = ?5, env = ?6, memory_mib = ?7, timeout_ms = ?8,
                     max_concurrency = ?9, min_instances = ?10,
-                    max_requests_per_instance = ?11, async_policy = ?13, updated_ns = ?12
+                    max_requests_per_instance = ?11, async_policy = ?13, updated_ns = ?12,
+                    invoke_auth = ?14
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -695,12 +839,13 @@ fn put_function_tx(
                 config.max_requests_per_instance,
                 now,
                 json(&config.async_policy)?,
+                config.invoke_auth.as_str(),
             ])?;
         }
         None => {
             let sql = format!(
                 "INSERT INTO functions (name, {CONFIG_COLUMNS}, created_ns, updated_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)"
             );
             tx.prepare_cached(&sql)?
                 .execute(params![
@@ -716,6 +861,7 @@ fn put_function_tx(
                     config.min_instances,
                     config.max_requests_per_instance,
                     json(&config.async_policy)?,
+                    config.invoke_auth.as_str(),
                     now,
                 ])
                 .map_err(|e| {
@@ -748,7 +894,7 @@ fn publish_tx(
     let latest = &row.latest;
     let sql = format!(
         "INSERT INTO versions (function_id, version, {CONFIG_COLUMNS}, created_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         row.id,
@@ -764,6 +910,7 @@ fn publish_tx(
         latest.config.min_instances,
         latest.config.max_requests_per_instance,
         json(&latest.config.async_policy)?,
+        latest.config.invoke_auth.as_str(),
         to_ns(Utc::now()),
     ])?;
     tx.prepare_cached("UPDATE functions SET next_version = ?2 WHERE id = ?1")?
@@ -1245,11 +1392,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn resolve_cached(&self, name: &FunctionName, qualifier: &Qualifier) -> Option<Resolved> {
-        self.inner
-            .read_cache()
-            .get(name)
-            .and_then(|entries| entries.get(qualifier))
-            .cloned()
+        self.inner.read_cache().get(name, qualifier)?.ok()
     }
 
     async fn resolve(
@@ -1257,20 +1400,16 @@ impl MetadataStore for SqliteStore {
         name: &FunctionName,
         qualifier: &Qualifier,
     ) -> Result<Resolved, StoreError> {
-        if let Some(hit) = self.resolve_cached(name, qualifier) {
-            return Ok(hit);
+        if let Some(known) = self.inner.read_cache().get(name, qualifier) {
+            return known;
         }
         let (name, qualifier) = (name.clone(), qualifier.clone());
         self.with_conn(move |inner, conn| {
-            let resolved = resolve_conn(conn, &name, &qualifier)?;
+            let resolved = resolve_conn(conn, &name, &qualifier);
             // Still holding the connection: no write can slip in between
             // the read and the fill.
-            inner
-                .write_cache()
-                .entry(name)
-                .or_default()
-                .insert(qualifier, resolved.clone());
-            Ok(resolved)
+            inner.write_cache().fill(&name, &qualifier, &resolved);
+            resolved
         })
         .await
     }
@@ -1302,6 +1441,7 @@ mod tests {
     use super::*;
     use std::time::Instant;
     use tempfile::TempDir;
+    use wisp_core::InvokeAuth;
 
     fn fname(s: &str) -> FunctionName {
         s.parse().unwrap()
@@ -1456,6 +1596,7 @@ mod tests {
                 semantics: wisp_core::Semantics::AtMostOnce,
                 ..Default::default()
             }),
+            invoke_auth: Some(InvokeAuth::Public),
         };
         let (created, was_created) = store
             .put_function(hello.clone(), &full, 4242, WriteMode::Create)
@@ -1479,6 +1620,7 @@ mod tests {
             latest.config.async_policy.semantics,
             wisp_core::Semantics::AtMostOnce
         );
+        assert_eq!(latest.config.invoke_auth, InvokeAuth::Public);
         assert_eq!(latest.created_at, latest.updated_at);
         assert!(created.published_versions.is_empty());
         assert!(created.aliases.is_empty());
@@ -2147,9 +2289,10 @@ mod tests {
         assert_eq!(store.cached(&f), 0);
         assert_eq!(store.cached(&g), 1);
 
-        // A failed resolve caches nothing.
+        // A missing version is remembered as missing, and is no hit.
         assert!(store.resolve(&f, &Qualifier::Version(9)).await.is_err());
-        assert_eq!(store.cached(&f), 0);
+        assert_eq!(store.cached(&f), 1);
+        assert!(store.resolve_cached(&f, &Qualifier::Version(9)).is_none());
 
         store.resolve(&f, &Qualifier::Latest).await.unwrap();
         store.delete_function(&f).await.unwrap();
@@ -2174,15 +2317,7 @@ mod tests {
 
         // With the connection locked (by another thread), only a cache hit
         // can answer.
-        let inner = store.inner.clone();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            let _conn = inner.lock_conn();
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-        });
-        locked_rx.recv().unwrap();
+        let locked = Locked::new(&store);
         let hit = tokio::time::timeout(
             Duration::from_secs(5),
             store.resolve(&f, &Qualifier::Latest),
@@ -2199,8 +2334,120 @@ mod tests {
         )
         .await;
         assert!(miss.is_err(), "a miss must go to the database");
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
+        locked.release();
+    }
+
+    /// The store's connection held by another thread until released.
+    struct Locked {
+        release: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<()>,
+    }
+
+    impl Locked {
+        fn new(store: &SqliteStore) -> Locked {
+            let inner = store.inner.clone();
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn(move || {
+                let _conn = inner.lock_conn();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            locked_rx.recv().unwrap();
+            Locked { release, holder }
+        }
+
+        fn release(self) {
+            self.release.send(()).unwrap();
+            self.holder.join().unwrap();
+        }
+    }
+
+    /// Resolves with the connection locked: only what the cache knows
+    /// can answer; `None` if it had to wait for the database.
+    async fn resolve_locked(
+        store: &SqliteStore,
+        name: &str,
+        qualifier: Qualifier,
+    ) -> Option<Result<Resolved, StoreError>> {
+        let locked = Locked::new(store);
+        let answer = tokio::time::timeout(
+            Duration::from_millis(200),
+            store.resolve(&fname(name), &qualifier),
+        )
+        .await
+        .ok();
+        locked.release();
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn misses_are_answered_from_memory_until_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.db");
+        create(&SqliteStore::open(&path).unwrap(), "f", 1).await;
+        // A store opened on it knows its functions' names from the start.
+        let store = SqliteStore::open(&path).unwrap();
+
+        // An unknown name never needs the database.
+        let unknown = resolve_locked(&store, "nope", Qualifier::Latest).await;
+        assert!(
+            matches!(unknown, Some(Err(StoreError::FunctionNotFound(_)))),
+            "{unknown:?}"
+        );
+        // A known function's missing version and alias do after the first time.
+        for q in [Qualifier::Version(7), Qualifier::Alias(aname("prod"))] {
+            assert!(
+                resolve_locked(&store, "f", q.clone()).await.is_none(),
+                "first {q:?}"
+            );
+            let first = store.resolve(&fname("f"), &q).await;
+            let again = resolve_locked(&store, "f", q.clone()).await;
+            assert_eq!(
+                format!("{first:?}"),
+                format!("{:?}", again.expect("a known miss is answered from memory")),
+            );
+        }
+        assert!(
+            store
+                .resolve_cached(&fname("f"), &Qualifier::Version(7))
+                .is_none()
+        );
+
+        // Writes make them real: a created function, a published version
+        // and an alias resolve at once.
+        create(&store, "nope", 2).await;
+        store.publish(&fname("f")).await.unwrap();
+        let created = store.resolve(&fname("nope"), &Qualifier::Latest).await;
+        assert!(created.is_ok(), "{created:?}");
+        let published = store.resolve(&fname("f"), &Qualifier::Version(1)).await;
+        assert!(published.is_ok(), "{published:?}");
+        // A deleted function is unknown again, without a query.
+        store.delete_function(&fname("nope")).await.unwrap();
+        let gone = resolve_locked(&store, "nope", Qualifier::Latest).await;
+        assert!(
+            matches!(gone, Some(Err(StoreError::FunctionNotFound(_)))),
+            "{gone:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn misses_kept_per_function_are_bounded() {
+        let (_dir, store) = open();
+        create(&store, "f", 1).await;
+        let f = fname("f");
+        store.resolve(&f, &Qualifier::Latest).await.unwrap();
+        for n in 0..(MAX_CACHED_MISSES_PER_FUNCTION as u32 * 3 + 7) {
+            assert!(
+                store
+                    .resolve(&f, &Qualifier::Version(1000 + n))
+                    .await
+                    .is_err()
+            );
+            assert!(store.cached(&f) <= MAX_CACHED_MISSES_PER_FUNCTION + 1);
+        }
+        // The hit survives the misses being forgotten.
+        assert!(store.resolve_cached(&f, &Qualifier::Latest).is_some());
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -2269,6 +2516,79 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn invoke_auth_is_stored_and_snapshotted_by_publish() {
+        let (_dir, store) = open();
+        let f = fname("f");
+        let made = create(&store, "f", 1).await;
+        assert_eq!(made.latest.config.invoke_auth, InvokeAuth::Private);
+        let public = FunctionInput {
+            invoke_auth: Some(InvokeAuth::Public),
+            ..Default::default()
+        };
+        store
+            .put_function(f.clone(), &public, 0, WriteMode::Patch)
+            .await
+            .unwrap();
+        let (v1, _) = store.publish(&f).await.unwrap();
+        assert_eq!(v1.config.invoke_auth, InvokeAuth::Public);
+        let private = FunctionInput {
+            invoke_auth: Some(InvokeAuth::Private),
+            ..Default::default()
+        };
+        store
+            .put_function(f.clone(), &private, 0, WriteMode::Patch)
+            .await
+            .unwrap();
+        // Only the access changed, and that is a new version.
+        let (v2, new) = store.publish(&f).await.unwrap();
+        assert!(new);
+        assert_eq!(v2.config.invoke_auth, InvokeAuth::Private);
+        assert_eq!(
+            store.get_version(&f, 1).await.unwrap().config.invoke_auth,
+            InvokeAuth::Public
+        );
+        let latest = store.get_function(&f).await.unwrap().latest;
+        assert_eq!(latest.config.invoke_auth, InvokeAuth::Private);
+        let resolved = store.resolve(&f, &Qualifier::Version(1)).await.unwrap();
+        assert_eq!(resolved.primary.config.invoke_auth, InvokeAuth::Public);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn functions_from_before_invoke_auth_become_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.db");
+        let f = fname("old");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let public = FunctionInput {
+                invoke_auth: Some(InvokeAuth::Public),
+                ..input(1)
+            };
+            store
+                .put_function(f.clone(), &public, 1, WriteMode::Create)
+                .await
+                .unwrap();
+            store.publish(&f).await.unwrap();
+        }
+        // Back to the schema before the column existed.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE functions DROP COLUMN invoke_auth;
+                 ALTER TABLE versions DROP COLUMN invoke_auth;
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let function = store.get_function(&f).await.unwrap();
+        assert_eq!(function.latest.config.invoke_auth, InvokeAuth::Private);
+        assert_eq!(
+            store.get_version(&f, 1).await.unwrap().config.invoke_auth,
+            InvokeAuth::Private
+        );
     }
 
     #[test]

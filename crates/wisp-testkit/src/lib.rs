@@ -83,7 +83,10 @@ pub fn shared_cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     let dir = target.join("wisp-test-cache");
-    std::fs::create_dir_all(&dir).expect("creating the shared cache dir");
+    // Private, as the server requires of a cache directory, whatever the umask.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .expect("creating the shared cache dir");
     dir
 }
 
@@ -95,6 +98,9 @@ pub struct Server {
     pub url: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Where its stderr goes: `server.log` in the data directory, or beside
+    /// it when the server was started to create the directory.
+    log_path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
 }
@@ -139,21 +145,30 @@ impl Server {
     pub fn start_with(bin: impl AsRef<Path>, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().to_path_buf();
-        let mut s = Self::spawn(bin.as_ref(), &data, extra);
+        let mut s = Self::spawn(bin.as_ref(), &data, extra, data.join("server.log"));
         s._tmp = Some(tmp);
         s
     }
 
-    /// Starts a server on an existing data directory (for restarts).
+    /// Starts a server on `data_dir`: an existing one (for restarts), or
+    /// one the server is to create (its log then goes beside it, to
+    /// `<data_dir>.log`).
     pub fn start_in(bin: impl AsRef<Path>, data_dir: &Path, extra: &[&str]) -> Server {
-        Self::spawn(bin.as_ref(), data_dir, extra)
+        let log_path = if data_dir.exists() {
+            data_dir.join("server.log")
+        } else {
+            let mut beside = data_dir.as_os_str().to_owned();
+            beside.push(".log");
+            PathBuf::from(beside)
+        };
+        Self::spawn(bin.as_ref(), data_dir, extra, log_path)
     }
 
-    fn spawn(bin: &Path, data_dir: &Path, extra: &[&str]) -> Server {
+    fn spawn(bin: &Path, data_dir: &Path, extra: &[&str], log_path: PathBuf) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.join("server.log"))
+            .open(&log_path)
             .expect("server log file");
         let mut cmd = Command::new(bin);
         cmd.arg("server").arg("--data-dir").arg(data_dir);
@@ -184,7 +199,7 @@ impl Server {
                 let _ = child.kill();
                 panic!(
                     "wisp server did not start; its log:\n{}",
-                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
         };
@@ -193,8 +208,49 @@ impl Server {
             bin: bin.to_path_buf(),
             url,
             data_dir: data_dir.to_path_buf(),
+            log_path,
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Runs `wisp server` on `data_dir` with extra flags, expecting it to
+    /// refuse to start: answers its exit code and output once it has
+    /// exited (it is killed, and the test fails, if it starts listening or
+    /// is still running after a minute).
+    pub fn start_failing(bin: impl AsRef<Path>, data_dir: &Path, extra: &[&str]) -> Output {
+        let mut child = Command::new(bin.as_ref())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning wisp server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("waiting for wisp server").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "wisp server did not exit within a minute; it was expected to refuse to start"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("its output");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !stdout.contains("wisp listening on"),
+            "the server started: {stdout}"
+        );
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 
@@ -238,14 +294,14 @@ impl Server {
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut next = Self::spawn(&self.bin, &self.data_dir, &extra);
+        let mut next = Self::spawn(&self.bin, &self.data_dir, &extra, self.log_path.clone());
         next._tmp = self._tmp.take();
         *self = next;
     }
 
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// A `wisp` CLI command aimed at this server, isolated from the user's config.
@@ -257,10 +313,10 @@ impl Server {
         c
     }
 
-    /// The control API's bearer token, from the data directory.
+    /// The server's token, from the `token` file of its data directory.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("token"))
-            .expect("the server's token file")
+            .expect("reading the server's token")
             .trim()
             .to_string()
     }
@@ -315,21 +371,21 @@ impl Api {
         }
     }
 
-    /// A client for `server` that sends the bearer token from its data
-    /// directory with every request (for a server run with
-    /// `--require-token`).
+    /// A client for `server` that sends the server's token as
+    /// `Authorization: Bearer` on every request, for servers started with
+    /// `--require-token`.
     pub fn with_token(server: &Server) -> Api {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let value = format!("Bearer {}", server.token());
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            value.parse().expect("a token is a header value"),
-        );
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", server.token()))
+                .expect("the token is a header value");
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
         Api {
             http: reqwest::Client::builder()
                 .default_headers(headers)
                 .build()
-                .expect("HTTP client"),
+                .expect("an HTTP client"),
             base: server.url.clone(),
         }
     }
@@ -493,6 +549,17 @@ impl Api {
         let headers = res.headers().clone();
         (status, headers, res.text().await.expect("text"))
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (such as `VmRSS` or `VmHWM`), in
+/// MiB; `None` where the process or the field is not there.
+pub fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let v = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: f64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb / 1024.0)
+    })
 }
 
 /// A free TCP port on loopback (bound, then released), for tests that run

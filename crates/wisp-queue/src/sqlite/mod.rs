@@ -181,6 +181,7 @@ impl SqliteQueue {
         {
             std::fs::create_dir_all(parent)?;
         }
+        wisp_core::files::private_sqlite(path)?;
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
