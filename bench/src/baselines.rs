@@ -135,6 +135,18 @@ async fn start_wisp(ctx: &Ctx, config: Value) -> Result<Running, String> {
     if !status.is_success() {
         return Err(format!("deploying hello failed: {status} {reply}"));
     }
+    // The hostile function the unknown-names point runs beside hello.
+    let hoard = api.upload(wisp_testkit::example_bytes("hoard")).await;
+    let (status, reply) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/functions/hoard",
+            Some(json!({"code_digest": hoard, "memory_mib": 64})),
+        )
+        .await;
+    if !status.is_success() {
+        return Err(format!("deploying hoard failed: {status} {reply}"));
+    }
     let url = server.at("/fn/hello");
     if !wait_ok(&api.http, &url, Duration::from_secs(10)).await {
         return Err(format!("{url} did not answer 200"));
@@ -363,9 +375,11 @@ pub async fn run(ctx: &Ctx) -> Value {
 /// each time, so nothing is cached by name) against Wisp at c=32: alone,
 /// to compare with `hello` at c=32; then `hello` at c=32 beside the flood
 /// (two load generators at once), to compare with `hello` beside a second
-/// `hello` load of the same concurrency. Answering unknown names (404,
-/// from memory) must cost no more than serving `hello`, and must slow
-/// `hello` no more than the same amount of real traffic does.
+/// `hello` load of the same concurrency, and beside the hostile `hoard`
+/// (each request asks the host to hold 1.2 GB and is stopped at its
+/// limit). Answering unknown names (404, from memory) must cost no more
+/// than serving `hello`, and neither they nor a hostile function may slow
+/// `hello` more than the same amount of real traffic does.
 fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
     let base = wisp.url.trim_end_matches("/fn/hello");
     let pattern = format!("{base}/fn/[a-z]{{16}}");
@@ -380,12 +394,17 @@ fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
         flood.rps, flood.p99_ms
     ));
     let mut out = json!({ "pattern": "/fn/[a-z]{16}", "flood": flood.to_json() });
-    for (key, random) in [("hello_beside_flood", true), ("hello_beside_hello", false)] {
+    let hostile = format!("{base}/fn/hoard?fields=20000&bytes=60000");
+    for (key, other_url, random) in [
+        ("hello_beside_flood", pattern.as_str(), true),
+        ("hello_beside_hello", url, false),
+        ("hello_beside_hostile", hostile.as_str(), false),
+    ] {
         std::thread::sleep(Duration::from_millis(500));
         let (hello, other) = std::thread::scope(|s| {
             let other = s.spawn(|| match random {
-                true => load::run_random(load, &pattern, 32, d, pid),
-                false => load::run(load, url, 32, d, pid),
+                true => load::run_random(load, other_url, 32, d, pid),
+                false => load::run(load, other_url, 32, d, pid),
             });
             let hello = load::run(load, url, 32, d, pid);
             (hello, other.join().expect("second load generator"))
@@ -458,6 +477,14 @@ fn derive(out: &mut Value) {
         ) && h99 > 0.0
         {
             out["unknown_names"]["hello_p99_flood_over_hello"] = json!(round(f99 / h99, 3));
+        }
+        let u = &out["unknown_names"];
+        if let (Some(x99), Some(h99)) = (
+            u["hello_beside_hostile"]["p99_ms"].as_f64(),
+            u["hello_beside_hello"]["p99_ms"].as_f64(),
+        ) && h99 > 0.0
+        {
+            out["unknown_names"]["hello_p99_hostile_over_hello"] = json!(round(x99 / h99, 3));
         }
     }
 }

@@ -233,6 +233,27 @@ fn checks(r: &Value) -> Vec<Check> {
                 None => u["error"].as_str().unwrap_or("a figure is missing").into(),
             },
         });
+        let hostile = f(&u["hello_p99_hostile_over_hello"]);
+        out.push(Check {
+            section: "throughput",
+            issue: 19,
+            what: "hello's p99 at c=32 beside the hostile `hoard` at c=32".into(),
+            target: "≤ 1.1× its p99 beside as much hello traffic".into(),
+            measured: hostile
+                .map(|r| {
+                    format!(
+                        "{r:.2}× ({} vs {} ms)",
+                        num(&u["hello_beside_hostile"]["p99_ms"], 2),
+                        num(&u["hello_beside_hello"]["p99_ms"], 2)
+                    )
+                })
+                .unwrap_or("–".into()),
+            met: hostile.map(|r| r <= 1.1),
+            note: match hostile {
+                Some(r) => format!("{:.0} % over", (r - 1.1).max(0.0) * 100.0),
+                None => u["error"].as_str().unwrap_or("a figure is missing").into(),
+            },
+        });
         let p99_ratio = f(&u["hello_p99_flood_over_hello"]);
         out.push(Check {
             section: "throughput",
@@ -632,7 +653,9 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
             "Unknown function names: requests for `{}` (a new random name each, so none is cached \
              by name; Wisp answers 404) against the Wisp server at c=32, then `hello` at c=32 \
              beside that flood, and beside a second `hello` load at c=32 (two load generators at \
-             once, sharing the cores with the server).\n\n\
+             once, sharing the cores with the server), and beside the hostile `hoard` at c=32 \
+             (each of its requests asks the host to hold 1.2 GB of headers and is stopped at its \
+             limit with 500).\n\n\
              | load | rps | p50 ms | p99 ms |\n|---|---|---|---|",
             u["pattern"].as_str().unwrap_or("?")
         );
@@ -640,6 +663,10 @@ fn throughput(md: &mut String, r: &Value, checks: &[Check]) {
             ("unknown names alone", &u["flood"]),
             ("hello beside the flood", &u["hello_beside_flood"]),
             ("hello beside hello", &u["hello_beside_hello"]),
+            (
+                "hello beside the hostile `hoard`",
+                &u["hello_beside_hostile"],
+            ),
         ] {
             let _ = writeln!(
                 md,
