@@ -135,18 +135,6 @@ async fn start_wisp(ctx: &Ctx, config: Value) -> Result<Running, String> {
     if !status.is_success() {
         return Err(format!("deploying hello failed: {status} {reply}"));
     }
-    // The hostile function the unknown-names point runs beside hello.
-    let hoard = api.upload(wisp_testkit::example_bytes("hoard")).await;
-    let (status, reply) = api
-        .send(
-            reqwest::Method::PUT,
-            "/v1/functions/hoard",
-            Some(json!({"code_digest": hoard, "memory_mib": 64})),
-        )
-        .await;
-    if !status.is_success() {
-        return Err(format!("deploying hoard failed: {status} {reply}"));
-    }
     let url = server.at("/fn/hello");
     if !wait_ok(&api.http, &url, Duration::from_secs(10)).await {
         return Err(format!("{url} did not answer 200"));
@@ -336,14 +324,12 @@ pub async fn run(ctx: &Ctx) -> Value {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let unknown = match ready.iter().find(|(t, _)| t.key == "wisp") {
-        Some((t, _)) => unknown_names(ctx, &load, &t.running),
-        None => json!({"error": "Wisp was not measured"}),
-    };
-    for (t, points) in ready {
+    // Memory is read before the unknown-names point, which loads the Wisp
+    // server with other functions (and a hostile one).
+    for (t, points) in &mut ready {
         let mut v = json!({
             "url": t.running.url,
-            "points": points,
+            "points": std::mem::take(points),
             "peak_rss_mib": crate::util::peak_rss_mib(t.running.pid).map(|v| round(v, 1)),
             // What the resident set is made of after the last point:
             // file-backed pages (the server's own code and libraries) and
@@ -351,13 +337,18 @@ pub async fn run(ctx: &Ctx) -> Value {
             "rss_file_mib": crate::util::status_mib(t.running.pid, "RssFile").map(|v| round(v, 1)),
             "rss_anon_mib": crate::util::status_mib(t.running.pid, "RssAnon").map(|v| round(v, 1)),
         });
-        if let Value::Object(info) = t.info {
+        if let Value::Object(info) = std::mem::take(&mut t.info) {
             for (k, x) in info {
                 v[k] = x;
             }
         }
         targets.insert(t.key.into(), v);
     }
+    let unknown = match ready.iter().find(|(t, _)| t.key == "wisp") {
+        Some((t, _)) => unknown_names(ctx, &load, &t.running).await,
+        None => json!({"error": "Wisp was not measured"}),
+    };
+    drop(ready);
 
     let mut out = json!({
         "load_generator": load.describe(),
@@ -380,8 +371,11 @@ pub async fn run(ctx: &Ctx) -> Value {
 /// limit). Answering unknown names (404, from memory) must cost no more
 /// than serving `hello`, and neither they nor a hostile function may slow
 /// `hello` more than the same amount of real traffic does.
-fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
+async fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
     let base = wisp.url.trim_end_matches("/fn/hello");
+    if let Err(e) = deploy_hoard(base).await {
+        return json!({ "error": e });
+    }
     let pattern = format!("{base}/fn/[a-z]{{16}}");
     let d = ctx.point_duration();
     let (url, pid) = (wisp.url.as_str(), wisp.pid);
@@ -421,6 +415,33 @@ fn unknown_names(ctx: &Ctx, load: &LoadGen, wisp: &Running) -> Value {
         }
     }
     out
+}
+
+/// Deploys the hostile `hoard` (64 MiB) on the Wisp server at `base`, only
+/// now, so that nothing of it is in the server before the points above.
+async fn deploy_hoard(base: &str) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{base}/v1/artifacts"))
+        .header("content-type", "application/wasm")
+        .body(wisp_testkit::example_bytes("hoard"))
+        .send()
+        .await
+        .map_err(|e| format!("uploading hoard: {e}"))?;
+    let uploaded: Value = res
+        .json()
+        .await
+        .map_err(|e| format!("uploading hoard: {e}"))?;
+    let res = http
+        .put(format!("{base}/v1/functions/hoard"))
+        .json(&json!({"code_digest": uploaded["digest"], "memory_mib": 64}))
+        .send()
+        .await
+        .map_err(|e| format!("deploying hoard: {e}"))?;
+    if !res.status().is_success() {
+        return Err(format!("deploying hoard: {}", res.status()));
+    }
+    Ok(())
 }
 
 /// The point at concurrency `c` of target `key`.

@@ -117,18 +117,32 @@ async fn probe_caps(wisp: &PathBuf) -> Caps {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(_) => Value::Null,
     };
-    let props = doc["components"]["schemas"]["FunctionInput"]["properties"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let reuse_field = props
-        .keys()
+    // The function input's properties, wherever the document puts them:
+    // a component schema, or each operation's request body.
+    let mut names = Vec::new();
+    collect_property_names(&doc, &mut names);
+    let reuse_field = names
+        .iter()
         .find(|k| k.as_str() == "max_requests_per_instance")
-        .or_else(|| props.keys().find(|k| k.contains("reuse")))
+        .or_else(|| names.iter().find(|k| k.contains("reuse")))
         .cloned();
     Caps {
         reuse_field,
         idle_timeout_flag: help.contains("--idle-timeout"),
+    }
+}
+
+/// Every key of every `properties` object in `v`.
+fn collect_property_names(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = map.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            map.values().for_each(|x| collect_property_names(x, out));
+        }
+        Value::Array(items) => items.iter().for_each(|x| collect_property_names(x, out)),
+        _ => {}
     }
 }
 
