@@ -1488,7 +1488,6 @@ fn soak(md: &mut String, r: &Value, checks: &[Check]) {
     }
     md.push('\n');
     targets_table(md, checks, "soak");
-    push_analysis(md, "soak");
 }
 
 #[cfg(test)]
