@@ -491,21 +491,19 @@ fn derive(out: &mut Value) {
         && hr > 0.0
     {
         out["unknown_names"]["flood_over_hello_c32"] = json!(round(fr / hr, 3));
-        let u = &out["unknown_names"];
-        if let (Some(f99), Some(h99)) = (
-            u["hello_beside_flood"]["p99_ms"].as_f64(),
-            u["hello_beside_hello"]["p99_ms"].as_f64(),
-        ) && h99 > 0.0
-        {
-            out["unknown_names"]["hello_p99_flood_over_hello"] = json!(round(f99 / h99, 3));
-        }
-        let u = &out["unknown_names"];
+    }
+    // hello's p99 beside other load, over its p99 beside as much hello.
+    let u = &mut out["unknown_names"];
+    for (beside, ratio) in [
+        ("hello_beside_flood", "hello_p99_flood_over_hello"),
+        ("hello_beside_hostile", "hello_p99_hostile_over_hello"),
+    ] {
         if let (Some(x99), Some(h99)) = (
-            u["hello_beside_hostile"]["p99_ms"].as_f64(),
+            u[beside]["p99_ms"].as_f64(),
             u["hello_beside_hello"]["p99_ms"].as_f64(),
         ) && h99 > 0.0
         {
-            out["unknown_names"]["hello_p99_hostile_over_hello"] = json!(round(x99 / h99, 3));
+            u[ratio] = json!(round(x99 / h99, 3));
         }
     }
 }

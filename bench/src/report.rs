@@ -233,48 +233,40 @@ fn checks(r: &Value) -> Vec<Check> {
                 None => u["error"].as_str().unwrap_or("a figure is missing").into(),
             },
         });
-        let hostile = f(&u["hello_p99_hostile_over_hello"]);
-        out.push(Check {
-            section: "throughput",
-            issue: 19,
-            what: "hello's p99 at c=32 beside the hostile `hoard` at c=32".into(),
-            target: "≤ 1.1× its p99 beside as much hello traffic".into(),
-            measured: hostile
-                .map(|r| {
-                    format!(
-                        "{r:.2}× ({} vs {} ms)",
-                        num(&u["hello_beside_hostile"]["p99_ms"], 2),
-                        num(&u["hello_beside_hello"]["p99_ms"], 2)
-                    )
-                })
-                .unwrap_or("–".into()),
-            met: hostile.map(|r| r <= 1.1),
-            note: match hostile {
-                Some(r) => format!("{:.0} % over", (r - 1.1).max(0.0) * 100.0),
-                None => u["error"].as_str().unwrap_or("a figure is missing").into(),
-            },
-        });
-        let p99_ratio = f(&u["hello_p99_flood_over_hello"]);
-        out.push(Check {
-            section: "throughput",
-            issue: 19,
-            what: "hello's p99 at c=32 beside that flood".into(),
-            target: "≤ 1.1× its p99 beside as much hello traffic".into(),
-            measured: p99_ratio
-                .map(|r| {
-                    format!(
-                        "{r:.2}× ({} vs {} ms)",
-                        num(&u["hello_beside_flood"]["p99_ms"], 2),
-                        num(&u["hello_beside_hello"]["p99_ms"], 2)
-                    )
-                })
-                .unwrap_or("–".into()),
-            met: p99_ratio.map(|r| r <= 1.1),
-            note: match p99_ratio {
-                Some(r) => format!("{:.0} % over", (r - 1.1).max(0.0) * 100.0),
-                None => u["error"].as_str().unwrap_or("a figure is missing").into(),
-            },
-        });
+        for (beside, ratio, what) in [
+            (
+                "hello_beside_hostile",
+                "hello_p99_hostile_over_hello",
+                "hello's p99 at c=32 beside the hostile `hoard` at c=32",
+            ),
+            (
+                "hello_beside_flood",
+                "hello_p99_flood_over_hello",
+                "hello's p99 at c=32 beside that flood",
+            ),
+        ] {
+            let r = f(&u[ratio]);
+            out.push(Check {
+                section: "throughput",
+                issue: 19,
+                what: what.into(),
+                target: "≤ 1.1× its p99 beside as much hello traffic".into(),
+                measured: r
+                    .map(|r| {
+                        format!(
+                            "{r:.2}× ({} vs {} ms)",
+                            num(&u[beside]["p99_ms"], 2),
+                            num(&u["hello_beside_hello"]["p99_ms"], 2)
+                        )
+                    })
+                    .unwrap_or("–".into()),
+                met: r.map(|r| r <= 1.1),
+                note: match r {
+                    Some(r) => format!("{:.0} % over", (r - 1.1).max(0.0) * 100.0),
+                    None => u["error"].as_str().unwrap_or("a figure is missing").into(),
+                },
+            });
+        }
         let wp = f(&t["targets"]["wisp"]["peak_rss_mib"]);
         let tp = f(&t["targets"]["wasmtime_serve"]["peak_rss_mib"]);
         out.push(Check {
