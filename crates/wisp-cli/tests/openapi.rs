@@ -337,8 +337,10 @@ async fn schemathesis_finds_no_failure() {
         .await;
     assert_eq!(status, 201, "{body}");
 
+    // The project's settings, which `st run` finds by itself when run from
+    // inside the clone.
     let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo"));
-    let config = manifest.join("tests/contract/schemathesis.toml");
+    let config = manifest.join("../../schemathesis.toml");
     let reports = tempfile::tempdir().expect("tempdir");
     let mut st = wisp_testkit::python::SCHEMATHESIS.python();
     st.args(["-m", "schemathesis.cli", "--no-color", "--config-file"])

@@ -326,3 +326,63 @@ async fn host_memory_a_function_makes_the_server_hold_is_bounded() {
     );
     assert_eq!(api.call("/fn/hello").await.0, 200);
 }
+
+/// A CPU-bound function with every instance it may have spinning does
+/// not hold up another function: its invocations queue for the worker
+/// threads by the CPU time they have used, so the other function's
+/// requests go ahead of them. 150 requests of `hello`, one after another,
+/// all complete while the 16 spinning invocations (stopped only by their
+/// 8 s timeout) are still running: behind 16 guests that each take a time
+/// slice in turn they would take longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_bound_function_at_full_concurrency_does_not_hold_up_another() {
+    const SPINNING: usize = 16;
+    let server = server();
+    let api = Api::new(&server);
+    api.deploy(
+        "busy",
+        "busy",
+        json!({"timeout_ms": 8000, "max_concurrency": SPINNING}),
+    )
+    .await;
+    api.deploy("hello", "hello", json!({})).await;
+    assert_eq!(api.call("/fn/hello").await.0, 200);
+
+    let client = reqwest::Client::new();
+    let mut spinning = tokio::task::JoinSet::new();
+    for _ in 0..SPINNING {
+        let (client, url) = (client.clone(), server.at("/fn/busy"));
+        spinning.spawn(async move {
+            let res = client.get(&url).send().await.expect("busy call");
+            res.status().as_u16()
+        });
+    }
+    // Every one of them running.
+    let mut full = false;
+    for _ in 0..200 {
+        let metric = "wisp_concurrency_in_use{function=\"busy\",version=\"latest\"}";
+        if server.metric(metric).await == Some(SPINNING as f64) {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(full, "the spinning invocations did not all start");
+
+    for i in 0..150 {
+        let (status, _, body) = api.call("/fn/hello").await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "Hello from Wisp!\n"),
+            "request {i}"
+        );
+        assert!(
+            spinning.try_join_next().is_none(),
+            "a spinning invocation ended (at its timeout) before hello's request {i} was served"
+        );
+    }
+    // They do end, at their timeout.
+    while let Some(status) = spinning.join_next().await {
+        assert_eq!(status.unwrap(), 504);
+    }
+}

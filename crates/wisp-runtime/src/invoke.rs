@@ -4,6 +4,7 @@
 
 use crate::capture::Capture;
 use crate::host::{DenyOutbound, Host, MemoryLimiter, RequestContext};
+use crate::lanes::Fair;
 use crate::pool::{Counted, LiveInstance, Loaded, Queued, Spare, VersionState};
 use crate::response_body::{HeldEnd, take_ready};
 use crate::{Inner, Runtime};
@@ -194,8 +195,9 @@ impl Inner {
             .set_max_capacity(wisp_core::limits::max_host_resources(memory_mib));
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        // Every epoch tick a running guest yields to the executor, so a CPU
-        // loop cannot hold a worker thread and the timeout can stop it.
+        // Every epoch tick a running guest yields to the executor and gives
+        // back its lane, so a CPU loop cannot hold a worker thread, another
+        // function's invocation may run, and the timeout can stop it.
         store.epoch_deadline_async_yield_and_update(1);
         LiveInstance {
             store,
@@ -434,6 +436,7 @@ impl Inner {
         };
 
         let inner = self.clone();
+        let tenant = state.tenant.clone();
         let reuse_limit = config.max_requests_per_instance;
         let memory_mib = config.memory_mib;
         let timeout_ms = config.timeout_ms;
@@ -531,7 +534,7 @@ impl Inner {
             }
             failure
         };
-        let mut run = Detached(Some(Box::pin(run)));
+        let mut run = Detached(Some(Fair::new(Box::pin(run), self.lanes.clone(), tenant)));
 
         // Drive the guest here until it sets the response head or ends.
         let ended = std::future::poll_fn(|cx| {
@@ -645,7 +648,8 @@ fn host_limit(e: &wasmtime::Error, memory_mib: u32) -> Option<String> {
     })
 }
 
-type Run = Pin<Box<dyn Future<Output = Option<InvokeError>> + Send>>;
+/// An invocation's future, which runs only while it holds a lane.
+type Run = Fair<Pin<Box<dyn Future<Output = Option<InvokeError>> + Send>>>;
 
 /// An invocation being driven by the request's own task. When that task
 /// stops polling it before it ends (the guest streams its body, or the
@@ -661,7 +665,7 @@ impl Detached {
                 // invocation, not the connection it was driven from (as it
                 // would in a task of its own).
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run.as_mut().poll(cx)
+                    Pin::new(&mut *run).poll(cx)
                 }));
                 let ready = polled.unwrap_or_else(|_| {
                     Poll::Ready(Some(InvokeError::Unavailable {

@@ -23,6 +23,7 @@ mod capture;
 pub mod compile;
 mod host;
 mod invoke;
+mod lanes;
 mod pool;
 mod response_body;
 
@@ -70,8 +71,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Most memory, in MiB, that the limits of all live instances may add up to.
     pub max_instance_memory_mib: u32,
-    /// Interval of the epoch ticker that lets long-running guests be
-    /// interrupted.
+    /// Interval of the epoch ticker: a running guest yields its lane at
+    /// every tick, so this is the longest slice of CPU it takes before
+    /// another function's invocation may run.
     pub epoch_tick: Duration,
     /// Bytes of stdout, and of stderr, kept per invocation.
     pub log_limit: usize,
@@ -99,7 +101,7 @@ impl RuntimeConfig {
             cache_dir: cache_dir.into(),
             max_instances: 1000,
             max_instance_memory_mib: 64 * 1024,
-            epoch_tick: Duration::from_millis(10),
+            epoch_tick: Duration::from_millis(1),
             log_limit: wisp_core::limits::MAX_LOG_BYTES_PER_STREAM,
             idle_timeout: Duration::from_secs(300),
             max_loaded_components: 1000,
@@ -124,6 +126,9 @@ pub(crate) struct Inner {
     /// rather than running a compiler (and its memory) per upload. Uploads
     /// take their slot before their body is read ([`Preparer::reserve`]).
     compiles: Arc<tokio::sync::Semaphore>,
+    /// Guests run only while holding one of these: one per worker thread,
+    /// shared fairly between functions (see [`lanes`]).
+    lanes: Arc<lanes::Lanes>,
 }
 
 /// The wasmtime runtime. Cheap to clone.
@@ -215,6 +220,13 @@ impl Runtime {
             config: config.clone(),
             compiles: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
+            lanes: Arc::new(lanes::Lanes::new(
+                tokio::runtime::Handle::try_current()
+                    .map(|h| h.metrics().num_workers())
+                    .unwrap_or_else(|_| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
             )),
         });
         start_epoch_ticker(Arc::downgrade(&inner), config.epoch_tick);

@@ -107,6 +107,8 @@ pub(crate) struct LiveInstance {
 /// Admission and idle instances of one version.
 pub(crate) struct VersionState {
     pub(crate) limit: u32,
+    /// The function's share of the CPU, one for all its versions.
+    pub(crate) tenant: Arc<crate::lanes::Tenant>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) queued: AtomicU64,
     idle: Mutex<Vec<(LiveInstance, u64)>>,
@@ -313,17 +315,21 @@ impl Pool {
         // Looked up by reference first: the request path allocates nothing
         // for a version it has seen before.
         let state = match versions.get_mut(function) {
-            Some(of_function) => of_function
-                .entry(version)
-                .or_insert_with(|| new_state(limit)),
+            Some(of_function) => {
+                if !of_function.contains_key(&version) {
+                    let tenant = of_function.values().next().map(|s| s.tenant.clone());
+                    of_function.insert(version, new_state(limit, tenant.unwrap_or_default()));
+                }
+                of_function.get_mut(&version).expect("inserted above")
+            }
             None => versions
                 .entry(function.clone())
                 .or_default()
                 .entry(version)
-                .or_insert_with(|| new_state(limit)),
+                .or_insert_with(|| new_state(limit, Arc::default())),
         };
         if state.limit != limit {
-            *state = new_state(limit);
+            *state = new_state(limit, state.tenant.clone());
         }
         let before = state.last_used.swap(now, Ordering::Relaxed);
         state.before_last.store(before, Ordering::Relaxed);
@@ -512,9 +518,10 @@ impl Pool {
     }
 }
 
-fn new_state(limit: u32) -> Arc<VersionState> {
+fn new_state(limit: u32, tenant: Arc<crate::lanes::Tenant>) -> Arc<VersionState> {
     Arc::new(VersionState {
         limit,
+        tenant,
         permits: Arc::new(Semaphore::new(limit as usize)),
         queued: AtomicU64::new(0),
         idle: Mutex::new(Vec::new()),
