@@ -141,6 +141,9 @@ impl fmt::Debug for SqliteQueue {
     }
 }
 
+/// Opens a connection as the queue uses it: WAL, durable commits, and a
+/// page cache of at most 4 MiB (the queue's working set is the tail of
+/// its tables; two connections, so 8 MiB in all, in `docs/limits.md`).
 fn configure(conn: &Connection) -> Result<(), QueueError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -152,7 +155,7 @@ fn configure(conn: &Connection) -> Result<(), QueueError> {
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -16384;
+         PRAGMA cache_size = -4096;
          PRAGMA temp_store = MEMORY;
          PRAGMA journal_size_limit = 67108864;",
     )?;
