@@ -40,77 +40,43 @@ use wisp_core::{
 /// `Content-Type` of the `/metrics` response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
 
-/// Upper bounds of `faas_invoke_duration_seconds`, in nanoseconds: 50 µs to
-/// 60 s in 1-2.5-5 steps; `u64::MAX` is the `+Inf` bucket.
-const INVOKE_BOUNDS_NS: [u64; 20] = [
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    MS,
-    5 * MS / 2,
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    250 * MS,
-    500 * MS,
-    S,
-    5 * S / 2,
-    5 * S,
-    10 * S,
-    30 * S,
-    60 * S,
-    u64::MAX,
-];
+/// Histogram upper bounds in nanoseconds: from `first` (1, 2.5 or 5 times
+/// a power of ten, at least 1 µs) up in 1-2.5-5 steps, then `tail`, then
+/// `u64::MAX` (the `+Inf` bucket); `N` counts them all.
+const fn bounds<const N: usize>(first: u64, tail: &[u64]) -> [u64; N] {
+    let mut out = [u64::MAX; N];
+    let steps = N - tail.len() - 1;
+    let mut value = first;
+    let mut i = 0;
+    while i < steps {
+        out[i] = value;
+        let mut lead = value;
+        while lead >= 10 {
+            lead /= 10;
+        }
+        // 1 → 2.5 → 5 → 10
+        value = if lead == 1 { value * 5 / 2 } else { value * 2 };
+        i += 1;
+    }
+    let mut j = 0;
+    while j < tail.len() {
+        out[steps + j] = tail[j];
+        j += 1;
+    }
+    out
+}
 
-/// Upper bounds of `faas_init_duration_seconds`, in nanoseconds: 100 µs to
-/// 10 s; `u64::MAX` is the `+Inf` bucket.
-const INIT_BOUNDS_NS: [u64; 17] = [
-    100_000,
-    250_000,
-    500_000,
-    MS,
-    5 * MS / 2,
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    250 * MS,
-    500 * MS,
-    S,
-    5 * S / 2,
-    5 * S,
-    10 * S,
-    u64::MAX,
-];
+/// Upper bounds of `faas_invoke_duration_seconds`: 50 µs to 10 s in 1-2.5-5
+/// steps, then 30 and 60 s.
+const INVOKE_BOUNDS_NS: [u64; 20] = bounds(50_000, &[30 * S, 60 * S]);
 
-/// Upper bounds of `wisp_instantiate_duration_seconds`, in nanoseconds: 1 µs
-/// to 100 ms; `u64::MAX` is the `+Inf` bucket.
-const INSTANTIATE_BOUNDS_NS: [u64; 17] = [
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    MS,
-    5 * MS / 2,
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    u64::MAX,
-];
+/// Upper bounds of `faas_init_duration_seconds`: 100 µs to 10 s.
+const INIT_BOUNDS_NS: [u64; 17] = bounds(100_000, &[]);
+
+/// Upper bounds of `wisp_instantiate_duration_seconds`: 1 µs to 100 ms.
+const INSTANTIATE_BOUNDS_NS: [u64; 17] = bounds(1_000, &[]);
 
 /// Values of the `reason` label of `wisp_invocation_failures_total`.
 const REASONS: [&str; 5] = [
@@ -814,6 +780,32 @@ pub(crate) mod tests {
 
     pub(crate) fn name(s: &str) -> FunctionName {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn bucket_bounds_step_1_2_5_to_their_ends() {
+        const US: u64 = 1_000;
+        let seconds = |b: &[u64]| -> Vec<f64> { b.iter().map(|&n| n as f64 / S as f64).collect() };
+        assert_eq!(
+            seconds(&INSTANTIATE_BOUNDS_NS[..4]),
+            [1e-6, 2.5e-6, 5e-6, 1e-5]
+        );
+        assert_eq!(INSTANTIATE_BOUNDS_NS[15], 100_000 * US);
+        assert_eq!(INIT_BOUNDS_NS[0], 100 * US);
+        assert_eq!(INIT_BOUNDS_NS[15], 10 * S);
+        assert_eq!(INVOKE_BOUNDS_NS[..3], [50 * US, 100 * US, 250 * US]);
+        assert_eq!(
+            INVOKE_BOUNDS_NS[15..],
+            [5 * S, 10 * S, 30 * S, 60 * S, u64::MAX]
+        );
+        for b in [
+            &INVOKE_BOUNDS_NS[..],
+            &INIT_BOUNDS_NS,
+            &INSTANTIATE_BOUNDS_NS,
+        ] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+            assert_eq!(b.last(), Some(&u64::MAX));
+        }
     }
 
     pub(crate) fn rec(

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use wisp_testkit::{Api, Server};
+use wisp_testkit::{Api, Server, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wisp");
 
@@ -23,21 +23,6 @@ async fn cold_starts(api: &Api, name: &str) -> u64 {
         )
         .await;
     stats["total"]["cold_starts"].as_u64().unwrap_or(0)
-}
-
-/// Polls until `check` holds or `within` passes.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -588,3 +588,29 @@ pub fn unique(prefix: &str) -> String {
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     format!("{prefix}-{:016x}", h.finish())
 }
+
+/// How often [`eventually`] checks.
+const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Awaits `check` every 20 ms until it answers true or `within` has passed
+/// (it is checked once more then); whether it answered true.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    within: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
+/// [`eventually`] for a check that needs no awaiting.
+pub async fn wait_until(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    eventually(within, || std::future::ready(done())).await
+}

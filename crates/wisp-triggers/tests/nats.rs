@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_core::Target;
 use wisp_events::{AttributesReader, Data, Event};
+use wisp_testkit::wait_until;
 use wisp_triggers::{
     BatchOutcome, Delivery, EventSink, Health, SinkError, SourceContext, State, Trigger,
     TriggerSpec,
@@ -50,20 +51,6 @@ async fn client(url: &str) -> async_nats::Client {
         .await
         .expect("connecting to NATS timed out")
         .expect("a NATS server")
-}
-
-/// Waits until `done` holds (or `timeout`); whether it does.
-async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn ext(event: &Event, name: &str) -> Option<String> {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_core::Target;
 use wisp_events::{AttributesReader, Data, Event};
+use wisp_testkit::wait_until;
 use wisp_triggers::{
     BatchOutcome, Delivery, EventSink, Health, SinkError, SourceContext, State, Trigger,
     TriggerSpec,
@@ -181,18 +182,6 @@ fn json_data(event: &Event) -> serde_json::Value {
         Some(Data::Json(v)) => v.clone(),
         other => panic!("expected JSON data, got {other:?}"),
     }
-}
-
-/// Polls `f` every 10 ms until it holds or `WAIT` passes; true if it held.
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
 }
 
 async fn active(run: &Running) {
@@ -427,7 +416,7 @@ async fn refused_messages_stay_in_the_queue_and_are_redelivered() {
     }
     // Refused (and requeued after a delay) at least once.
     assert!(
-        eventually(|| run.health().snapshot().failed >= 5).await,
+        wait_until(WAIT, || run.health().snapshot().failed >= 5).await,
         "{:?}",
         run.health().snapshot()
     );
@@ -541,7 +530,7 @@ async fn a_quorum_queue_reports_the_brokers_delivery_count() {
     active(&run).await;
     broker.publish("", &queue, b"{}", json_properties()).await;
     // Refused twice, then taken: the third attempt.
-    assert!(eventually(|| run.health().snapshot().failed >= 2).await);
+    assert!(wait_until(WAIT, || run.health().snapshot().failed >= 2).await);
     sink.refuse.store(false, Ordering::SeqCst);
     let events = sink.wait_for(1, WAIT).await;
     run.stop().await;
@@ -571,7 +560,7 @@ async fn an_unreachable_broker_is_degraded_and_retried_without_panicking() {
         }}),
     );
     assert!(
-        eventually(|| run.health().state() == State::Degraded).await,
+        wait_until(WAIT, || run.health().state() == State::Degraded).await,
         "{:?}",
         run.health().snapshot()
     );
@@ -611,7 +600,7 @@ async fn a_deleted_queue_is_reported_lost_then_redeclared_and_consumed_again() {
     // Deleting the queue cancels the consumer: the session is lost.
     broker.delete(&queue).await;
     assert!(
-        eventually(|| run.health().snapshot().last_error.is_some()).await,
+        wait_until(WAIT, || run.health().snapshot().last_error.is_some()).await,
         "the loss was not reported"
     );
     let error = run.health().snapshot().last_error.unwrap_or_default();
@@ -722,7 +711,7 @@ async fn a_backlog_is_queued_in_groups_in_order() {
     };
     let started = tokio::time::Instant::now();
     let task = tokio::spawn(wisp_triggers::source::run(source, ctx.clone()));
-    let all = eventually(|| sink.events.lock().unwrap().len() >= N).await;
+    let all = wait_until(WAIT, || sink.events.lock().unwrap().len() >= N).await;
     let took = started.elapsed();
     ctx.cancel.cancel();
     let _ = tokio::time::timeout(WAIT, task).await;
@@ -815,7 +804,7 @@ async fn a_connection_closed_by_the_broker_is_lost_then_reconnected() {
     };
     assert_eq!(closed, 1, "the source's connection was not found");
     assert!(
-        eventually(|| run.health().snapshot().last_error.is_some()).await,
+        wait_until(WAIT, || run.health().snapshot().last_error.is_some()).await,
         "the loss was not reported"
     );
     let error = run.health().snapshot().last_error.unwrap_or_default();
