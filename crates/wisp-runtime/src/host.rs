@@ -47,6 +47,8 @@ pub struct Host {
     pub(crate) table: ResourceTable,
     pub(crate) hooks: DenyOutbound,
     pub(crate) limiter: MemoryLimiter,
+    /// Set when the guest yields at an epoch tick (see [`crate::lanes`]).
+    pub(crate) yielded: crate::lanes::Yielded,
 }
 
 impl WasiView for Host {

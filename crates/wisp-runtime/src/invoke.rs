@@ -195,10 +195,11 @@ impl Inner {
             .set_max_capacity(wisp_core::limits::max_host_resources(memory_mib));
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        // Every epoch tick a running guest yields to the executor and gives
-        // back its lane, so a CPU loop cannot hold a worker thread, another
-        // function's invocation may run, and the timeout can stop it.
-        store.epoch_deadline_async_yield_and_update(1);
+        // Every epoch tick a running guest yields to the executor (and,
+        // from then on, runs only in a lane: see [`crate::lanes`]), so a
+        // CPU loop cannot hold a worker thread or keep another function's
+        // requests waiting, and the timeout can stop it.
+        store.epoch_deadline_callback(|ctx| Ok(crate::lanes::on_tick(&ctx.data().yielded)));
         LiveInstance {
             store,
             proxy: None,
@@ -281,6 +282,7 @@ impl Inner {
             table: ResourceTable::new(),
             hooks: DenyOutbound,
             limiter: MemoryLimiter::default(),
+            yielded: Default::default(),
         };
         Spare {
             host,
@@ -437,6 +439,7 @@ impl Inner {
 
         let inner = self.clone();
         let tenant = state.tenant.clone();
+        let yielded = instance.store.data().yielded.clone();
         let reuse_limit = config.max_requests_per_instance;
         let memory_mib = config.memory_mib;
         let timeout_ms = config.timeout_ms;
@@ -534,7 +537,12 @@ impl Inner {
             }
             failure
         };
-        let mut run = Detached(Some(Fair::new(Box::pin(run), self.lanes.clone(), tenant)));
+        let mut run = Detached(Some(Fair::new(
+            Box::pin(run),
+            self.lanes.clone(),
+            tenant,
+            yielded,
+        )));
 
         // Drive the guest here until it sets the response head or ends.
         let ended = std::future::poll_fn(|cx| {

@@ -6,28 +6,35 @@
 //! many CPU-bound invocations in flight fills the executor's queue with
 //! them, and every other function's requests wait behind all of them.
 //!
-//! Here a guest may run only while it holds a *lane*; there are as many
-//! lanes as worker threads. An invocation takes a lane each time it is
-//! polled. When the poll ends because the invocation waits (for a body, a
-//! timer), the lane is given back, so none is held while waiting; when it
-//! ends because the guest yielded at a tick, the invocation goes back in
-//! line holding nothing. Invocations wait in line per function (a
-//! [`Tenant`]), and a lane goes to the waiting function that has used the
-//! least CPU time: its *virtual time*, the time its polls have held lanes.
-//! A function that becomes active after an idle spell starts at most
-//! [`IDLE_CREDIT_NS`] behind the function served last, so it brings little
-//! credit from the spell. This is the rule of Linux's CFS, with functions
-//! in place of threads: a function of short requests beside a CPU-bound
-//! one gets a lane after at most one slice of the other, and two CPU-bound
-//! functions split the CPU evenly, however many invocations each has in
-//! flight.
+//! Here an invocation that has run a whole slice (it yielded at a tick,
+//! so it is CPU-bound at least for now) may go on only while it holds a
+//! *lane*; there are as many lanes as worker threads. Invocations that
+//! finish or wait within their slices, which is nearly all requests, never
+//! touch the lanes. A gated invocation takes a lane for each poll: when the
+//! poll ends because it waits (for a body, a timer), the lane is given back,
+//! so none is held while waiting; when it ends because the guest yielded
+//! again, the invocation goes back in line. Invocations wait in line per
+//! function (a [`Tenant`]), and a lane goes to the waiting function that
+//! has used the least CPU time: its *virtual time*, the time its gated
+//! polls have held lanes. A function that becomes active after an idle
+//! spell starts at most [`IDLE_CREDIT_NS`] behind the function served last,
+//! so it brings little credit from the spell. This is the rule of Linux's
+//! CFS, with functions in place of threads: short requests are never held
+//! behind CPU-bound ones (at most `lanes` of those run at once, each for a
+//! slice before it yields), and two CPU-bound functions split the CPU
+//! evenly, however many invocations each has in flight.
+//!
+//! After a slice, a guest (or whoever it hands its lane to) is woken only
+//! once its worker thread has polled for I/O: otherwise CPU-bound guests
+//! would hand the lane on to each other for as long as they have work,
+//! and tokio polls for I/O only every 61 tasks (61 slices).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::lock;
@@ -88,15 +95,11 @@ const WAITING: u8 = 1;
 const GRANTED: u8 = 2;
 const CANCELLED: u8 = 3;
 
-/// One invocation's place in line, and the waker its guest is polled
-/// with: a wake during a poll marks the poll as a yield (the guest is
-/// runnable at once), a wake at any other time goes to the task.
+/// One invocation's place in line.
 struct Ticket {
     state: AtomicU8,
     /// The task's waker, from its latest poll.
     waker: Mutex<Option<Waker>>,
-    polling: AtomicBool,
-    woken: AtomicBool,
 }
 
 impl Ticket {
@@ -104,24 +107,21 @@ impl Ticket {
         Arc::new(Ticket {
             state: AtomicU8::new(IDLE),
             waker: Mutex::new(None),
-            polling: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
         })
     }
 }
 
-impl Wake for Ticket {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
+/// Set by the guest's epoch callback when it yields at a tick (see
+/// [`on_tick`]); read and cleared by its [`Fair`] after each poll.
+pub(crate) type Yielded = Arc<AtomicBool>;
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::Acquire) {
-            self.woken.store(true, Ordering::Release);
-        } else if let Some(waker) = lock(&self.waker).as_ref() {
-            waker.wake_by_ref();
-        }
-    }
+/// What a store's epoch callback does at each tick: marks the invocation
+/// as having yielded and yields so that the task is polled again only
+/// after its worker has polled for I/O ([`tokio::task::yield_now`] defers
+/// the wake that way).
+pub(crate) fn on_tick(yielded: &AtomicBool) -> wasmtime::UpdateDeadline {
+    yielded.store(true, Ordering::Release);
+    wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
 }
 
 impl Lanes {
@@ -241,26 +241,28 @@ impl State {
     }
 }
 
-/// A future that runs only while it holds a lane of its runtime, for its
-/// tenant.
+/// A future that, once it has yielded at a tick, runs only while it holds
+/// a lane of its runtime, for its tenant.
 pub(crate) struct Fair<F> {
     inner: F,
     lanes: Arc<Lanes>,
     tenant: Arc<Tenant>,
     ticket: Arc<Ticket>,
-    /// The waker `inner` is polled with: `ticket`'s.
-    waker: Waker,
+    yielded: Yielded,
+    /// Whether it has yielded (and so takes a lane for each poll).
+    gated: bool,
 }
 
 impl<F> Fair<F> {
-    pub(crate) fn new(inner: F, lanes: Arc<Lanes>, tenant: Arc<Tenant>) -> Self {
-        let ticket = Ticket::new();
+    pub(crate) fn new(inner: F, lanes: Arc<Lanes>, tenant: Arc<Tenant>, yielded: Yielded) -> Self {
+        yielded.store(false, Ordering::Release);
         Fair {
             inner,
             lanes,
             tenant,
-            waker: Waker::from(ticket.clone()),
-            ticket,
+            ticket: Ticket::new(),
+            yielded,
+            gated: false,
         }
     }
 }
@@ -269,20 +271,17 @@ impl<F> Fair<F> {
 struct Held<'a> {
     lanes: &'a Lanes,
     tenant: &'a Arc<Tenant>,
-    ticket: &'a Ticket,
     since: Instant,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.ticket.polling.store(false, Ordering::Release);
-            if let Some(next) = self
+        if std::thread::panicking()
+            && let Some(next) = self
                 .lanes
                 .give_back(self.tenant, self.since.elapsed(), None)
-            {
-                next.wake();
-            }
+        {
+            next.wake();
         }
     }
 }
@@ -292,6 +291,16 @@ impl<F: Future + Unpin> Future for Fair<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        if !this.gated {
+            let polled = Pin::new(&mut this.inner).poll(cx);
+            if polled.is_pending() && this.yielded.swap(false, Ordering::AcqRel) {
+                // A whole slice: from now on it runs in a lane. The
+                // guest's yield has it polled again after I/O, and that
+                // poll takes a lane or waits for one.
+                this.gated = true;
+            }
+            return polled;
+        }
         let ticket = &this.ticket;
         {
             let mut waker = lock(&ticket.waker);
@@ -300,42 +309,31 @@ impl<F: Future + Unpin> Future for Fair<F> {
                 None => *waker = Some(cx.waker().clone()),
             }
         }
-        let granted = |t: &Ticket| {
-            t.state
-                .compare_exchange(GRANTED, IDLE, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
+        let granted = ticket
+            .state
+            .compare_exchange(GRANTED, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         // Waiting, unless handed a lane since (the waker is up to date
         // before the state is read, so a lane handed on later wakes it).
-        if !granted(ticket)
+        if !granted
             && (ticket.state.load(Ordering::Acquire) == WAITING
                 || !this.lanes.take_or_wait(&this.tenant, ticket))
         {
             return Poll::Pending;
         }
-        ticket.woken.store(false, Ordering::Release);
-        ticket.polling.store(true, Ordering::Release);
         let held = Held {
             lanes: &this.lanes,
             tenant: &this.tenant,
-            ticket,
             since: Instant::now(),
         };
-        let polled = Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker));
-        ticket.polling.store(false, Ordering::Release);
+        let polled = Pin::new(&mut this.inner).poll(cx);
         let used = held.since.elapsed();
         drop(held);
-        let yielded = polled.is_pending() && ticket.woken.swap(false, Ordering::AcqRel);
+        let yielded = polled.is_pending() && this.yielded.swap(false, Ordering::AcqRel);
         let next = this
             .lanes
             .give_back(&this.tenant, used, yielded.then_some(ticket));
         if let Some(next) = next {
-            // After a guest's slice, whoever runs next (this one, or
-            // another handed the lane) waits until this worker thread has
-            // run what else it had and polled for I/O: otherwise guests
-            // would hand the lane on to each other for as long as they
-            // have work, and tokio polls for I/O only every 61 tasks (61
-            // slices of a millisecond).
             if yielded {
                 wake_after_io(&next);
             } else {
@@ -370,17 +368,17 @@ impl<F> Drop for Fair<F> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     /// A future that counts its polls and is ready after `polls_to_end`;
-    /// `spin` is how long each poll takes. Until then each poll yields
-    /// (wakes itself, as a guest at a tick does) or, with `waits`, waits to
-    /// be woken (as a guest waiting for I/O does).
+    /// `spin` is how long each poll takes. Until then each poll yields as a
+    /// guest does at a tick (sets the flag, wakes itself) or, with `waits`,
+    /// waits to be woken (as a guest waiting for I/O does).
     struct Work {
         polls: Arc<AtomicUsize>,
         polls_to_end: usize,
         spin: Duration,
         waits: bool,
+        yielded: Yielded,
     }
 
     impl Future for Work {
@@ -395,6 +393,7 @@ mod tests {
                 Poll::Ready(())
             } else {
                 if !self.waits {
+                    self.yielded.store(true, Ordering::SeqCst);
                     cx.waker().wake_by_ref();
                 }
                 Poll::Pending
@@ -402,15 +401,24 @@ mod tests {
         }
     }
 
-    fn work(polls_to_end: usize, spin: Duration) -> (Work, Arc<AtomicUsize>) {
+    /// An invocation of `tenant` that is ready after `polls_to_end` polls
+    /// of `spin` each, and the count of its polls.
+    fn work(
+        lanes: &Arc<Lanes>,
+        tenant: &Arc<Tenant>,
+        polls_to_end: usize,
+        spin: Duration,
+    ) -> (Fair<Work>, Arc<AtomicUsize>) {
         let polls = Arc::new(AtomicUsize::new(0));
+        let yielded = Yielded::default();
         let w = Work {
             polls: polls.clone(),
             polls_to_end,
             spin,
             waits: false,
+            yielded: yielded.clone(),
         };
-        (w, polls)
+        (Fair::new(w, lanes.clone(), tenant.clone(), yielded), polls)
     }
 
     fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
@@ -421,115 +429,141 @@ mod tests {
         lock(&lanes.state).free
     }
 
+    fn state(f: &Fair<Work>) -> u8 {
+        f.ticket.state.load(Ordering::SeqCst)
+    }
+
     /// Holds the only lane from outside a poll, as a poll in progress
     /// would, so that whoever polls next must queue.
     fn hold(lanes: &Arc<Lanes>, tenant: &Arc<Tenant>) {
         assert!(lanes.take_or_wait(tenant, &Ticket::new()));
     }
 
-    #[test]
-    fn a_poll_holds_a_lane_only_while_it_runs() {
-        let lanes = Arc::new(Lanes::new(1));
-        let tenant = Arc::new(Tenant::default());
-        let (mut w, polls) = work(3, Duration::ZERO);
-        w.waits = true;
-        let mut f = Fair::new(w, lanes.clone(), tenant.clone());
-        assert!(poll(&mut f).is_pending());
-        assert_eq!(free(&lanes), 1, "a poll that waits gave its lane back");
-        assert_eq!(f.ticket.state.load(Ordering::SeqCst), IDLE);
-        assert!(poll(&mut f).is_pending());
-        assert!(poll(&mut f).is_ready());
-        assert_eq!(polls.load(Ordering::SeqCst), 3);
-        assert_eq!(free(&lanes), 1);
-        assert!(!lock(&tenant.state).active());
-
-        // A poll that yields goes back in line, and with no one else
-        // there it is handed the lane at once.
-        let (w, polls) = work(2, Duration::ZERO);
-        let mut f = Fair::new(w, lanes.clone(), tenant.clone());
-        assert!(poll(&mut f).is_pending());
-        assert_eq!(f.ticket.state.load(Ordering::SeqCst), GRANTED);
-        assert!(poll(&mut f).is_ready());
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
-        assert_eq!(free(&lanes), 1);
-    }
-
-    #[test]
-    fn a_waiting_invocation_runs_only_when_handed_a_lane() {
-        let lanes = Arc::new(Lanes::new(1));
-        let hog = Arc::new(Tenant::default());
-        hold(&lanes, &hog);
-        let (w, polls) = work(1, Duration::ZERO);
-        let mut f = Fair::new(w, lanes.clone(), Arc::new(Tenant::default()));
-        assert!(poll(&mut f).is_pending());
-        assert!(poll(&mut f).is_pending(), "still no lane");
-        assert_eq!(
-            polls.load(Ordering::SeqCst),
-            0,
-            "it never ran without a lane"
-        );
-        let _ = lanes.give_back(&hog, Duration::from_millis(1), None);
-        assert_eq!(free(&lanes), 0, "the lane went straight to the waiter");
-        assert!(poll(&mut f).is_ready());
-        assert_eq!(free(&lanes), 1);
+    /// Polls every one of `all` once: a first slice, after which each is
+    /// gated.
+    fn first_slices(all: &mut [&mut Fair<Work>]) {
+        for f in all.iter_mut() {
+            assert!(poll(&mut **f).is_pending());
+            assert!(f.gated);
+        }
     }
 
     /// Drives `all` as an executor would once every lane is contended:
     /// whoever was handed the lane runs a poll (and goes back in line).
     /// Answers false when no one was handed the lane.
     fn step(all: &mut [&mut Fair<Work>]) -> bool {
-        let Some(granted) = all
-            .iter_mut()
-            .find(|f| f.ticket.state.load(Ordering::SeqCst) == GRANTED)
-        else {
+        let Some(granted) = all.iter_mut().find(|f| state(f) == GRANTED) else {
             return false;
         };
         let _ = poll(&mut **granted);
         true
     }
 
-    /// Queues all of `all` behind a lane held from outside, then frees it.
+    /// Gates all of `all`, then queues them behind a lane held from
+    /// outside, then frees it.
     fn contend(lanes: &Arc<Lanes>, all: &mut [&mut Fair<Work>]) {
+        first_slices(all);
         let outside = Arc::new(Tenant::default());
         hold(lanes, &outside);
         for f in all.iter_mut() {
             assert!(poll(&mut **f).is_pending());
+            assert_eq!(state(f), WAITING);
         }
         let _ = lanes.give_back(&outside, Duration::ZERO, None);
+    }
+
+    #[test]
+    fn invocations_that_never_yield_never_touch_the_lanes() {
+        let lanes = Arc::new(Lanes::new(1));
+        let tenant = Arc::new(Tenant::default());
+        // Even with the only lane held by someone else.
+        hold(&lanes, &Arc::new(Tenant::default()));
+        let (mut f, polls) = work(&lanes, &tenant, 3, Duration::ZERO);
+        f.inner.waits = true;
+        assert!(poll(&mut f).is_pending());
+        assert!(poll(&mut f).is_pending());
+        assert!(poll(&mut f).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 3);
+        assert!(!f.gated);
+        assert_eq!(state(&f), IDLE);
+        let t = lock(&tenant.state);
+        assert!(!t.active() && t.vtime == 0, "nothing was charged");
+    }
+
+    #[test]
+    fn after_a_whole_slice_each_poll_takes_a_lane_and_a_wait_gives_it_back() {
+        let lanes = Arc::new(Lanes::new(1));
+        let tenant = Arc::new(Tenant::default());
+        let (mut f, polls) = work(&lanes, &tenant, 4, Duration::ZERO);
+        assert!(poll(&mut f).is_pending(), "the first slice yields");
+        assert!(f.gated);
+        assert_eq!(free(&lanes), 1, "the first slice took no lane");
+        // Yields again: back in line, and alone there, handed the lane.
+        assert!(poll(&mut f).is_pending());
+        assert_eq!((state(&f), free(&lanes)), (GRANTED, 0));
+        // This time it waits for I/O: the lane is given back.
+        f.inner.waits = true;
+        assert!(poll(&mut f).is_pending());
+        assert_eq!((state(&f), free(&lanes)), (IDLE, 1));
+        assert!(poll(&mut f).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 4);
+        assert_eq!(free(&lanes), 1);
+        assert!(!lock(&tenant.state).active());
+    }
+
+    #[test]
+    fn a_gated_invocation_runs_only_when_handed_a_lane() {
+        let lanes = Arc::new(Lanes::new(1));
+        let hog = Arc::new(Tenant::default());
+        let (mut f, polls) = work(&lanes, &Arc::new(Tenant::default()), 2, Duration::ZERO);
+        assert!(poll(&mut f).is_pending());
+        hold(&lanes, &hog);
+        assert!(poll(&mut f).is_pending());
+        assert!(poll(&mut f).is_pending(), "still no lane");
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "it never ran without a lane"
+        );
+        let next = lanes.give_back(&hog, Duration::from_millis(1), None);
+        assert!(next.is_some(), "the lane went straight to the waiter");
+        assert_eq!(free(&lanes), 0);
+        assert!(poll(&mut f).is_ready());
+        assert_eq!(free(&lanes), 1);
     }
 
     #[test]
     fn a_function_that_used_less_cpu_goes_before_the_queue_of_a_busier_one() {
         let lanes = Arc::new(Lanes::new(1));
         let hog = Arc::new(Tenant::default());
-        let light = Arc::new(Tenant::default());
         // Ten invocations of a CPU-bound function take 1 ms slices.
         let mut hogs: Vec<_> = (0..10)
-            .map(|_| {
-                Fair::new(
-                    work(usize::MAX, Duration::from_millis(1)).0,
-                    lanes.clone(),
-                    hog.clone(),
-                )
-            })
+            .map(|_| work(&lanes, &hog, usize::MAX, Duration::from_millis(1)).0)
             .collect();
         let mut refs: Vec<&mut Fair<Work>> = hogs.iter_mut().collect();
         contend(&lanes, &mut refs);
         for _ in 0..20 {
             assert!(step(&mut refs));
         }
-        // A light function's request arrives behind the ten.
-        let (w, light_polls) = work(1, Duration::ZERO);
-        let mut l = Fair::new(w, lanes.clone(), light.clone());
+        // A short request of another function runs at once, lanes or not.
+        let (mut short, _) = work(&lanes, &Arc::new(Tenant::default()), 1, Duration::ZERO);
+        assert!(poll(&mut short).is_ready());
+        // A long one of a light function is gated after its first slice
+        // and waits behind the ten...
+        let light = Arc::new(Tenant::default());
+        let (mut l, light_polls) = work(&lanes, &light, 3, Duration::ZERO);
+        assert!(poll(&mut l).is_pending());
         assert!(poll(&mut l).is_pending(), "the lane is held");
-        assert!(step(&mut refs), "the hog's slice in progress ends");
+        assert_eq!(state(&l), WAITING);
+        // ...until the hog's slice in progress ends: it goes first.
+        assert!(step(&mut refs));
         assert_eq!(
-            l.ticket.state.load(Ordering::SeqCst),
+            state(&l),
             GRANTED,
             "the light function went before the hogs queued ahead of it"
         );
-        assert!(poll(&mut l).is_ready());
-        assert_eq!(light_polls.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut l).is_pending());
+        assert_eq!(light_polls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -540,16 +574,9 @@ mod tests {
         // `a` has 8 invocations in flight, `b` 1; each poll of `a` takes
         // 3 times as long as one of `b`.
         let mut fa: Vec<_> = (0..8)
-            .map(|_| {
-                Fair::new(
-                    work(usize::MAX, Duration::from_micros(300)).0,
-                    lanes.clone(),
-                    a.clone(),
-                )
-            })
+            .map(|_| work(&lanes, &a, usize::MAX, Duration::from_micros(300)).0)
             .collect();
-        let (wb, b_polls) = work(usize::MAX, Duration::from_micros(100));
-        let mut fb = Fair::new(wb, lanes.clone(), b.clone());
+        let (mut fb, b_polls) = work(&lanes, &b, usize::MAX, Duration::from_micros(100));
         let mut all: Vec<&mut Fair<Work>> = fa.iter_mut().collect();
         all.push(&mut fb);
         contend(&lanes, &mut all);
@@ -575,10 +602,10 @@ mod tests {
     fn a_cancelled_waiter_is_skipped_and_a_granted_one_gives_its_lane_back() {
         let lanes = Arc::new(Lanes::new(1));
         let tenant = Arc::new(Tenant::default());
+        let (mut gone, _) = work(&lanes, &tenant, 2, Duration::ZERO);
+        let (mut next, polls) = work(&lanes, &tenant, 2, Duration::ZERO);
+        first_slices(&mut [&mut gone, &mut next]);
         hold(&lanes, &tenant);
-        let mut gone = Fair::new(work(1, Duration::ZERO).0, lanes.clone(), tenant.clone());
-        let (w, polls) = work(1, Duration::ZERO);
-        let mut next = Fair::new(w, lanes.clone(), tenant.clone());
         assert!(poll(&mut gone).is_pending());
         assert!(poll(&mut next).is_pending());
         drop(gone);
@@ -587,14 +614,15 @@ mod tests {
             poll(&mut next).is_ready(),
             "the lane skipped the cancelled one"
         );
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
 
         // Handed a lane, then dropped before it ran: the lane comes back.
+        let (mut late, _) = work(&lanes, &tenant, 2, Duration::ZERO);
+        first_slices(&mut [&mut late]);
         hold(&lanes, &tenant);
-        let mut late = Fair::new(work(1, Duration::ZERO).0, lanes.clone(), tenant.clone());
         assert!(poll(&mut late).is_pending());
         let _ = lanes.give_back(&tenant, Duration::ZERO, None);
-        assert_eq!(free(&lanes), 0);
+        assert_eq!((state(&late), free(&lanes)), (GRANTED, 0));
         drop(late);
         assert_eq!(free(&lanes), 1);
         assert!(!lock(&tenant.state).active());
