@@ -1323,8 +1323,9 @@ pub fn markdown(r: &Value) -> String {
          ```\n\n\
          The harness builds the release `wisp`, installs `oha` (or falls back to `wrk`) and `wasmtime-cli` \
          pinned to the wasmtime version Wisp links into `~/.cache/wisp-bench` (once: 15 to 25 minutes of \
-         compiling on two cores), and only ever sends traffic to 127.0.0.1 (the triggers section expects NATS with JetStream, \
-         RabbitMQ, Mosquitto and Redis there, on their default ports). Every figure in a section comes from one run \
+         compiling on two cores), and sends traffic only to 127.0.0.1 (the triggers section expects NATS with JetStream, \
+         RabbitMQ, Mosquitto and Redis there, on their default ports, where the tests find them; the tests' \
+         `WISP_TEST_*_URL` variables move both). Every figure in a section comes from one run \
          on the same machine as its baselines, so the ratios between servers are meaningful; absolute figures are not comparable across machines. The machine is shared \
          with other work, so expect noise of ±10 % or more.\n\n",
     );

@@ -1,4 +1,5 @@
-//! Triggers: messages published to a real broker on 127.0.0.1 and
+//! Triggers: messages published to a real broker (on 127.0.0.1, or where
+//! the tests' `WISP_TEST_*_URL` variables point: [`brokers`]) and
 //! delivered by a trigger of a real release server (`POST /v1/triggers`)
 //! to `hello`, the no-op, for each of NATS JetStream, RabbitMQ, MQTT
 //! (Mosquitto) and Redis Streams.
@@ -53,15 +54,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use wisp_testkit::Server;
+use wisp_testkit::{Server, brokers};
 
 /// The brokers, in the order they run.
 pub const BROKERS: [Broker; 4] = [Broker::Nats, Broker::RabbitMq, Broker::Mqtt, Broker::Redis];
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const MQTT_URL: &str = "mqtt://127.0.0.1:1883";
-const MQTT_PORT: u16 = 1883;
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The trigger's name on each (fresh) server.
 const TRIGGER: &str = "bench";
 /// The target function, deployed from the `hello` example.
@@ -137,12 +133,21 @@ impl Broker {
         }
     }
 
-    fn addr(self) -> &'static str {
+    /// The broker's URL, shared with the tests.
+    fn url(self) -> &'static str {
         match self {
-            Broker::Nats => "127.0.0.1:4222",
-            Broker::RabbitMq => "127.0.0.1:5672",
-            Broker::Mqtt => "127.0.0.1:1883",
-            Broker::Redis => "127.0.0.1:6379",
+            Broker::Nats => brokers::nats_url(),
+            Broker::RabbitMq => brokers::amqp_url(),
+            Broker::Mqtt => brokers::mqtt_url(),
+            Broker::Redis => brokers::redis_url(),
+        }
+    }
+
+    /// `host:port` of [`Broker::url`] (an IPv6 host in brackets).
+    fn addr(self) -> String {
+        match brokers::host_port(self.url()) {
+            (host, port) if host.contains(':') => format!("[{host}]:{port}"),
+            (host, port) => format!("{host}:{port}"),
         }
     }
 
@@ -188,19 +193,19 @@ impl Broker {
     fn source(self, n: &Names) -> Value {
         match self {
             Broker::Nats => json!({
-                "kind": "nats", "url": NATS_URL, "subject": n.subject(),
+                "kind": "nats", "url": self.url(), "subject": n.subject(),
                 "jetstream": {"stream": n.name()},
             }),
             // The harness declares the queue (with an expiry), so the
             // trigger must not declare it again without arguments.
             Broker::RabbitMq => json!({
-                "kind": "rabbitmq", "url": AMQP_URL, "queue": n.name(), "declare": false,
+                "kind": "rabbitmq", "url": self.url(), "queue": n.name(), "declare": false,
             }),
             Broker::Mqtt => json!({
-                "kind": "mqtt", "url": MQTT_URL, "topic": n.topic(), "client_id": n.client_id(),
+                "kind": "mqtt", "url": self.url(), "topic": n.topic(), "client_id": n.client_id(),
             }),
             Broker::Redis => json!({
-                "kind": "redis", "url": REDIS_URL, "stream": {"key": n.key(), "start": "0"},
+                "kind": "redis", "url": self.url(), "stream": {"key": n.key(), "start": "0"},
             }),
         }
     }
@@ -256,13 +261,20 @@ async fn op<T, E: std::fmt::Display>(
 }
 
 async fn nats_client() -> Result<async_nats::Client, String> {
-    op("connecting to NATS", async_nats::connect(NATS_URL)).await
+    op(
+        "connecting to NATS",
+        async_nats::connect(Broker::Nats.url()),
+    )
+    .await
 }
 
 async fn amqp_channel() -> Result<(lapin::Connection, lapin::Channel), String> {
     let conn = op(
         "connecting to RabbitMQ",
-        lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()),
+        lapin::Connection::connect(
+            Broker::RabbitMq.url(),
+            lapin::ConnectionProperties::default(),
+        ),
     )
     .await?;
     let channel = op("opening an AMQP channel", conn.create_channel()).await?;
@@ -270,7 +282,7 @@ async fn amqp_channel() -> Result<(lapin::Connection, lapin::Channel), String> {
 }
 
 async fn redis_connection() -> Result<redis::aio::MultiplexedConnection, String> {
-    let client = redis::Client::open(REDIS_URL).map_err(|e| format!("Redis URL: {e}"))?;
+    let client = redis::Client::open(Broker::Redis.url()).map_err(|e| format!("Redis URL: {e}"))?;
     op(
         "connecting to Redis",
         client.get_multiplexed_async_connection(),
@@ -333,7 +345,8 @@ async fn prepare(broker: Broker, n: &Names) -> Result<(), String> {
 async fn forget_mqtt_session(client_id: &str) -> Result<(), String> {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", MQTT_PORT);
+    let (host, port) = brokers::host_port(Broker::Mqtt.url());
+    let mut options = MqttOptions::new(client_id, host, port);
     options.set_clean_start(true);
     let (client, mut eventloop) = AsyncClient::new(options, 4);
     let connected = tokio::time::timeout(OP_TIMEOUT, async {
@@ -517,8 +530,8 @@ impl Publisher {
             Broker::Mqtt => {
                 use rumqttc::v5::mqttbytes::v5::Packet;
                 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-                let mut options =
-                    MqttOptions::new(format!("wb-pub-{}", n.tag), "127.0.0.1", MQTT_PORT);
+                let (host, port) = brokers::host_port(Broker::Mqtt.url());
+                let mut options = MqttOptions::new(format!("wb-pub-{}", n.tag), host, port);
                 options.set_clean_start(true);
                 options.set_keep_alive(Duration::from_secs(10));
                 let (client, mut eventloop) = AsyncClient::new(options, WINDOW);
@@ -1487,7 +1500,7 @@ async fn broker_run(ctx: &Ctx, cache: &TempDir, broker: Broker, trials: usize) -
         "publisher": broker.publisher(),
         "source": broker.source(&Names { tag: "<run>".into() }),
     });
-    if !reachable(broker.addr()).await {
+    if !reachable(&broker.addr()).await {
         v["error"] = json!(format!("no broker listening at {}", broker.addr()));
         progress(format!("triggers {}: {}", broker.key(), v["error"]));
         return v;

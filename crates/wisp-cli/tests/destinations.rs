@@ -1,13 +1,14 @@
 //! Asynchronous-invocation destinations beyond functions, through a real
 //! server: a named dead-letter queue (`on_failure = "dlq:QUEUE"`), and
-//! CloudEvents published in structured mode to the real brokers on
-//! 127.0.0.1 (NATS 4222, RabbitMQ 5672, Mosquitto 1883, Redis 6379).
+//! CloudEvents published in structured mode to the real brokers of
+//! [`brokers`] (NATS, RabbitMQ, Mosquitto and Redis).
 
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use wisp_testkit::{Api, Server, unique};
+use wisp_testkit::{Api, Server, brokers, unique};
+use wisp_triggers::spec::redact_url;
 
 const STRUCTURED: &str = "application/cloudevents+json";
 
@@ -200,15 +201,15 @@ async fn invalid_destinations_are_refused_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_is_published_to_a_nats_subject() {
     let subject = unique("wisp.test.destinations").replace('-', ".");
-    let nats = async_nats::connect("127.0.0.1:4222")
+    let nats = async_nats::connect(brokers::nats_url())
         .await
-        .expect("NATS on 127.0.0.1:4222");
+        .unwrap_or_else(|e| panic!("NATS at {}: {e}", redact_url(brokers::nats_url())));
     let mut sub = nats.subscribe(subject.clone()).await.unwrap();
     nats.flush().await.unwrap();
 
     let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
     let api = Api::new(&server);
-    let destination = format!("nats://127.0.0.1:4222/{subject}");
+    let destination = format!("{}/{subject}", brokers::nats_url());
     api.deploy(
         "echo",
         "echo",
@@ -233,12 +234,10 @@ async fn a_success_is_published_to_a_nats_subject() {
 async fn a_failure_is_published_to_a_rabbitmq_queue() {
     use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
     let queue_name = unique("wisp-test-destinations");
-    let conn = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("RabbitMQ on 127.0.0.1:5672");
+    let conn =
+        lapin::Connection::connect(brokers::amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ at {}: {e}", redact_url(brokers::amqp_url())));
     let channel = conn.create_channel().await.unwrap();
     channel
         .queue_declare(
@@ -251,8 +250,7 @@ async fn a_failure_is_published_to_a_rabbitmq_queue() {
 
     let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
     let api = Api::new(&server);
-    let destination =
-        format!("amqp://guest:guest@127.0.0.1:5672/%2f?exchange=&routing_key={queue_name}");
+    let destination = format!("{}?exchange=&routing_key={queue_name}", brokers::amqp_url());
     api.deploy(
         "failing",
         "panic",
@@ -301,7 +299,8 @@ async fn a_failure_is_published_to_a_rabbitmq_queue() {
 async fn a_success_is_published_to_an_mqtt_topic() {
     use rumqttc::{Event, Packet, QoS};
     let topic = format!("wisp/test/{}", unique("destinations"));
-    let mut options = rumqttc::MqttOptions::new(unique("wisp-t"), "127.0.0.1", 1883);
+    let (host, port) = brokers::host_port(brokers::mqtt_url());
+    let mut options = rumqttc::MqttOptions::new(unique("wisp-t"), host, port);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
     client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
@@ -311,13 +310,13 @@ async fn a_success_is_published_to_an_mqtt_topic() {
         tokio::time::timeout(left, events.poll())
             .await
             .expect("an MQTT event in time")
-            .expect("Mosquitto on 127.0.0.1:1883")
+            .unwrap_or_else(|e| panic!("Mosquitto at {}: {e}", redact_url(brokers::mqtt_url())))
     };
     while !matches!(poll().await, Event::Incoming(Packet::SubAck(_))) {}
 
     let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
     let api = Api::new(&server);
-    let destination = format!("mqtt://127.0.0.1:1883/{topic}");
+    let destination = format!("{}/{topic}", brokers::mqtt_url());
     api.deploy(
         "echo",
         "echo",
@@ -338,15 +337,15 @@ async fn a_success_is_published_to_an_mqtt_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_is_added_to_a_redis_stream() {
     let key = unique("wisp-test-destinations");
-    let redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+    let redis = redis::Client::open(brokers::redis_url()).unwrap();
     let mut con = redis
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis on 127.0.0.1:6379");
+        .unwrap_or_else(|e| panic!("Redis at {}: {e}", redact_url(brokers::redis_url())));
 
     let server = Server::start_shared(env!("CARGO_BIN_EXE_wisp"));
     let api = Api::new(&server);
-    let destination = format!("redis://127.0.0.1:6379/?stream={key}");
+    let destination = format!("{}/?stream={key}", brokers::redis_url());
     api.deploy(
         "failing",
         "panic",

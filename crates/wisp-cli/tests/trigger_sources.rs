@@ -8,12 +8,13 @@
 //! `wisp trigger` commands and `[[trigger]]` entries of `wisp deploy` work
 //! end to end. (RabbitMQ is covered in `triggers.rs`.)
 //!
-//! Shared brokers: NATS with JetStream on 127.0.0.1:4222, Mosquitto on
-//! 1883, Redis on 6379. Every test names its subjects, streams, topics,
+//! Shared brokers, at the addresses of [`brokers`]: NATS with JetStream,
+//! Mosquitto and Redis. Every test names its subjects, streams, topics,
 //! client ids and keys uniquely, deletes the streams and keys it created
 //! (MQTT sessions expire on their own 5 s after the server stops), and
-//! runs within [`TEST_TIMEOUT`]. Outages use a private `nats-server` on a
-//! free port, killed through its process handle.
+//! runs within [`TEST_TIMEOUT`]. Outages use a private `nats-server`
+//! ([`brokers::nats_server_bin`]) on a free port, killed through its
+//! process handle.
 
 use async_nats::jetstream::{self, stream};
 use reqwest::Method;
@@ -22,13 +23,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wisp_testkit::{Api, Output, Server, free_port, run, unique};
+use wisp_testkit::{Api, Output, Server, brokers, free_port, run, unique};
+use wisp_triggers::spec::redact_url;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wisp");
-const NATS: &str = "nats://127.0.0.1:4222";
-const REDIS: &str = "redis://127.0.0.1:6379";
-const MQTT_PORT: u16 = 1883;
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
 /// Longest any test may run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long to wait for events that should arrive.
@@ -228,7 +226,7 @@ async fn nats_client(url: &str) -> async_nats::Client {
     tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
         .await
         .expect("connecting to NATS timed out")
-        .unwrap_or_else(|e| panic!("NATS at {url}: {e}"))
+        .unwrap_or_else(|e| panic!("NATS at {}: {e}", redact_url(url)))
 }
 
 fn nats_headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
@@ -241,7 +239,7 @@ fn nats_headers(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
 
 /// A JetStream stream on the shared server for subjects `<prefix>.>`.
 async fn create_stream(name: &str, prefix: &str) -> jetstream::Context {
-    let js = jetstream::new(nats_client(NATS).await);
+    let js = jetstream::new(nats_client(brokers::nats_url()).await);
     js.create_stream(stream::Config {
         name: name.to_string(),
         subjects: vec![format!("{prefix}.>")],
@@ -254,8 +252,11 @@ async fn create_stream(name: &str, prefix: &str) -> jetstream::Context {
 }
 
 async fn delete_stream(name: String) {
-    if let Ok(Ok(nc)) =
-        tokio::time::timeout(Duration::from_secs(5), async_nats::connect(NATS)).await
+    if let Ok(Ok(nc)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        async_nats::connect(brokers::nats_url()),
+    )
+    .await
     {
         let _ = jetstream::new(nc).delete_stream(&name).await;
     }
@@ -308,11 +309,11 @@ async fn wait_consumer_settled(js: &jetstream::Context, stream: &str, durable: &
 
 async fn redis() -> redis::aio::MultiplexedConnection {
     tokio::time::timeout(Duration::from_secs(5), async {
-        redis::Client::open(REDIS)
+        redis::Client::open(brokers::redis_url())
             .expect("a Redis URL")
             .get_multiplexed_async_connection()
             .await
-            .expect("Redis on 127.0.0.1:6379")
+            .unwrap_or_else(|e| panic!("Redis at {}: {e}", redact_url(brokers::redis_url())))
     })
     .await
     .expect("connecting to Redis timed out")
@@ -323,12 +324,12 @@ struct PrivateNats(Child);
 
 impl PrivateNats {
     async fn start(port: u16) -> PrivateNats {
-        let child = Command::new(NATS_SERVER)
+        let child = Command::new(brokers::nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting nats-server");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", brokers::nats_server_bin().display()));
         let server = PrivateNats(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -366,12 +367,12 @@ async fn nats_core_messages_reach_the_function_as_binary_cloudevents() {
                 &api,
                 json!({"name": "core", "target": "echo",
                     "filters": [{"prefix": {"subject": format!("{prefix}.keep.")}}],
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>")}}),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>")}}),
             )
             .await;
             wait_active(&api, "core").await;
 
-            let nc = nats_client(NATS).await;
+            let nc = nats_client(brokers::nats_url()).await;
             let json_subject = format!("{prefix}.keep.json");
             let text_subject = format!("{prefix}.keep.text");
             nc.publish_with_headers(
@@ -406,7 +407,7 @@ async fn nats_core_messages_reach_the_function_as_binary_cloudevents() {
 
             let j = by_subject(&replies, &json_subject);
             assert_binary_event(j, "wisp.nats.message");
-            assert_eq!(ce(j, "source"), NATS);
+            assert_eq!(ce(j, "source"), redact_url(brokers::nats_url()));
             assert_eq!(ce(j, "natssubject"), json_subject);
             assert_eq!(ce(j, "id").len(), 32, "{j}");
             assert!(!ce(j, "time").is_empty(), "{j}");
@@ -448,7 +449,7 @@ async fn jetstream_messages_reach_the_function_and_are_acknowledged() {
             create_trigger(
                 &api,
                 json!({"name": "js", "target": "echo",
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>"),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>"),
                         "jetstream": {"stream": stream}}}),
             )
             .await;
@@ -507,7 +508,7 @@ async fn mqtt5_messages_reach_the_function_as_binary_cloudevents() {
             create_trigger(
                 &api,
                 json!({"name": "mqtt", "target": "echo",
-                    "source": {"kind": "mqtt", "url": format!("mqtt://127.0.0.1:{MQTT_PORT}"),
+                    "source": {"kind": "mqtt", "url": brokers::mqtt_url(),
                         "topic": format!("{root}/#"), "protocol": "5", "client_id": client_id}}),
             )
             .await;
@@ -531,7 +532,8 @@ async fn mqtt5_messages_reach_the_function_as_binary_cloudevents() {
                     PublishProperties::default(),
                 ),
             ];
-            let mut options = MqttOptions::new(unique("pub"), "127.0.0.1", MQTT_PORT);
+            let (host, port) = brokers::host_port(brokers::mqtt_url());
+            let mut options = MqttOptions::new(unique("pub"), host, port);
             options.set_keep_alive(Duration::from_secs(5));
             let (client, mut eventloop) = AsyncClient::new(options, 10);
             for (topic, payload, properties) in messages {
@@ -564,7 +566,7 @@ async fn mqtt5_messages_reach_the_function_as_binary_cloudevents() {
 
             let j = by_subject(&replies, &json_topic);
             assert_binary_event(j, "wisp.mqtt.message");
-            assert_eq!(ce(j, "source"), format!("mqtt://127.0.0.1:{MQTT_PORT}"));
+            assert_eq!(ce(j, "source"), redact_url(brokers::mqtt_url()));
             assert_eq!(ce(j, "mqttqos"), "1");
             assert_eq!(ce(j, "mqttretain"), "false");
             assert_eq!(ce(j, "mqttdup"), "false");
@@ -598,13 +600,13 @@ async fn redis_pubsub_messages_reach_the_function_as_binary_cloudevents() {
             create_trigger(
                 &api,
                 json!({"name": "channel", "target": "echo",
-                    "source": {"kind": "redis", "url": REDIS, "channels": [exact]}}),
+                    "source": {"kind": "redis", "url": brokers::redis_url(), "channels": [exact]}}),
             )
             .await;
             create_trigger(
                 &api,
                 json!({"name": "pattern", "target": "echo",
-                    "source": {"kind": "redis", "url": REDIS, "channels": [pattern], "pattern": true}}),
+                    "source": {"kind": "redis", "url": brokers::redis_url(), "channels": [pattern], "pattern": true}}),
             )
             .await;
             wait_active(&api, "channel").await;
@@ -629,7 +631,7 @@ async fn redis_pubsub_messages_reach_the_function_as_binary_cloudevents() {
 
             let one = by_subject(&replies, &exact);
             assert_binary_event(one, "wisp.redis.message");
-            assert_eq!(ce(one, "source"), REDIS);
+            assert_eq!(ce(one, "source"), redact_url(brokers::redis_url()));
             assert_eq!(one["headers"]["content-type"], "application/octet-stream");
             assert_eq!(one["body"], "one");
             assert_eq!(ce(one, "redispattern"), "", "{one}");
@@ -672,7 +674,7 @@ async fn redis_stream_entries_reach_the_function_and_are_acknowledged() {
             create_trigger(
                 &api,
                 json!({"name": "entries", "target": "echo",
-                    "source": {"kind": "redis", "url": REDIS,
+                    "source": {"kind": "redis", "url": brokers::redis_url(),
                         "stream": {"key": key, "start": "0"}}}),
             )
             .await;
@@ -727,7 +729,7 @@ async fn redis_stream_entries_reach_the_function_and_are_acknowledged() {
                 assert_binary_event(&r, "wisp.redis.stream.entry");
                 assert_eq!(ce(&r, "id"), format!("{key}/{id}"));
                 assert_eq!(ce(&r, "subject"), key);
-                assert_eq!(ce(&r, "source"), REDIS);
+                assert_eq!(ce(&r, "source"), redact_url(brokers::redis_url()));
                 assert_eq!(ce(&r, "redisstream"), key);
                 assert_eq!(ce(&r, "deliverycount"), "1");
             }
@@ -766,7 +768,7 @@ async fn jetstream_messages_survive_a_kill_9_of_the_server() {
             create_trigger(
                 &api,
                 json!({"name": "durable", "target": "sink",
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>"),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>"),
                         "jetstream": {"stream": stream, "ack_wait_ms": 2000}}}),
             )
             .await;
@@ -847,14 +849,14 @@ async fn stream_messages_wait_in_the_broker_while_the_target_is_missing() {
             create_trigger(
                 &api,
                 json!({"name": "js-late", "target": "late",
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>"),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>"),
                         "jetstream": {"stream": stream, "ack_wait_ms": 2000}}}),
             )
             .await;
             create_trigger(
                 &api,
                 json!({"name": "redis-late", "target": "late",
-                    "source": {"kind": "redis", "url": REDIS,
+                    "source": {"kind": "redis", "url": brokers::redis_url(),
                         "stream": {"key": key, "start": "0"}}}),
             )
             .await;
@@ -1094,7 +1096,7 @@ async fn ordered_jetstream_bisects_down_to_the_poison_event_through_the_queue() 
             create_trigger(
                 &api,
                 json!({"name": "ordered", "target": "picky",
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>"),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>"),
                         "jetstream": {"stream": stream,
                             "ordered": {"max_events": 5, "max_wait_ms": 50, "on_failure": "bisect"}}}}),
             )
@@ -1150,7 +1152,7 @@ async fn ordered_redis_stream_bisects_down_to_the_poison_event_through_the_queue
             create_trigger(
                 &api,
                 json!({"name": "ordered", "target": "picky",
-                    "source": {"kind": "redis", "url": REDIS,
+                    "source": {"kind": "redis", "url": brokers::redis_url(),
                         "stream": {"key": key, "start": "0",
                             "ordered": {"max_events": 5, "max_wait_ms": 50, "on_failure": "bisect"}}}}),
             )
@@ -1323,7 +1325,7 @@ async fn a_trigger_created_before_its_broker_or_stream_is_degraded_not_refused()
             create_trigger(
                 &api,
                 json!({"name": "unborn", "target": "echo",
-                    "source": {"kind": "nats", "subject": format!("{prefix}.>"),
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.>"),
                         "jetstream": {"stream": stream}}}),
             )
             .await;

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-use wisp_testkit::{Api, Server};
+use wisp_testkit::{Api, Server, brokers};
 
 /// The `ce-*` headers every succeeded invocation of `function` (an echo)
 /// received, keyed by invocation id.
@@ -273,12 +273,12 @@ async fn rabbitmq_messages_survive_a_kill_9_of_the_server() {
 
     const TOTAL: usize = 300;
     let queue = wisp_testkit::unique("wisp-kill9");
-    let conn = Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-    .expect("RabbitMQ on 127.0.0.1:5672");
+    let conn = Connection::connect(brokers::amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            let url = wisp_triggers::spec::redact_url(brokers::amqp_url());
+            panic!("RabbitMQ at {url}: {e}")
+        });
     let channel = conn.create_channel().await.unwrap();
     channel
         .queue_declare(
@@ -300,7 +300,8 @@ async fn rabbitmq_messages_survive_a_kill_9_of_the_server() {
             Method::POST,
             "/v1/triggers",
             Some(json!({"name": "amqp", "target": "sink",
-                "source": {"kind": "rabbitmq", "queue": queue, "prefetch": 50}})),
+                "source": {"kind": "rabbitmq", "url": brokers::amqp_url(), "queue": queue,
+                    "prefetch": 50}})),
         )
         .await;
     assert_eq!(status, 201, "{t}");

@@ -1,6 +1,7 @@
 //! Test harness for Wisp's integration tests: builds the example guest
-//! components from source once per test process, and runs real
-//! `wisp server` processes on ephemeral loopback ports.
+//! components from source once per test process, runs real
+//! `wisp server` processes on ephemeral loopback ports, and says where the
+//! brokers are ([`brokers`]).
 //!
 //! ```no_run
 //! let wasm = wisp_testkit::example("hello");
@@ -8,6 +9,7 @@
 //! println!("{} serves {}", server.url, wasm.display());
 //! ```
 
+pub mod brokers;
 pub mod python;
 
 use std::io::{BufRead, BufReader};

@@ -747,13 +747,14 @@ async fn drive_mqtt(
 #[cfg(test)]
 mod tests {
     //! Pure parts, failure paths against closed and silent ports, and
-    //! round trips through the real brokers on 127.0.0.1 (NATS 4222,
-    //! RabbitMQ 5672, Mosquitto 1883, Redis 6379), as the trigger tests use.
+    //! round trips through the real brokers the trigger tests use
+    //! (`wisp_testkit::brokers`: NATS, RabbitMQ, Mosquitto and Redis).
     use super::*;
     use futures_util::StreamExt;
     use std::time::Instant;
     use wisp_core::Destination;
     use wisp_events::{EventBuilder, EventBuilderV10};
+    use wisp_testkit::brokers;
 
     /// XRANGE's answer: entry ids with their field-value pairs.
     type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
@@ -916,11 +917,11 @@ mod tests {
     #[tokio::test]
     async fn nats_gets_a_structured_event_with_its_content_type() {
         let subject = unique("wisp.test.publish").replace('-', ".");
-        let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+        let client = async_nats::connect(brokers::nats_url()).await.unwrap();
         let mut sub = client.subscribe(subject.clone()).await.unwrap();
         client.flush().await.unwrap();
         let p = Publisher::default();
-        let dest = broker(&format!("nats://127.0.0.1:4222/{subject}"));
+        let dest = broker(&format!("{}/{subject}", brokers::nats_url()));
         p.publish(&dest, &event("n1")).await.unwrap();
         p.publish(&dest, &event("n2")).await.unwrap();
         for id in ["n1", "n2"] {
@@ -940,12 +941,10 @@ mod tests {
     async fn amqp_is_confirmed_and_an_unroutable_event_fails_at_once() {
         use lapin::options::{BasicGetOptions, QueueDeclareOptions};
         let queue = unique("wisp-test-publish");
-        let conn = lapin::Connection::connect(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .unwrap();
+        let conn =
+            lapin::Connection::connect(brokers::amqp_url(), lapin::ConnectionProperties::default())
+                .await
+                .unwrap();
         let channel = conn.create_channel().await.unwrap();
         let options = QueueDeclareOptions {
             auto_delete: true,
@@ -956,7 +955,7 @@ mod tests {
             .await
             .unwrap();
         let p = Publisher::default();
-        let url = format!("amqp://guest:guest@127.0.0.1:5672/%2f?exchange=&routing_key={queue}");
+        let url = format!("{}?exchange=&routing_key={queue}", brokers::amqp_url());
         p.publish(&broker(&url), &event("a1")).await.unwrap();
         let got = channel
             .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
@@ -975,7 +974,8 @@ mod tests {
         assert_eq!(got.delivery.properties.delivery_mode(), &Some(2));
 
         let nowhere = format!(
-            "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=&routing_key={}",
+            "{}?exchange=&routing_key={}",
+            brokers::amqp_url(),
             unique("wisp-test-nowhere")
         );
         let e = p
@@ -1000,7 +1000,8 @@ mod tests {
     async fn mqtt_waits_for_the_puback() {
         use rumqttc::{Event as MqttEvent, Packet, QoS};
         let topic = format!("wisp/test/{}", unique("publish"));
-        let mut options = rumqttc::MqttOptions::new(unique("t"), "127.0.0.1", 1883);
+        let (host, port) = brokers::host_port(brokers::mqtt_url());
+        let mut options = rumqttc::MqttOptions::new(unique("t"), host, port);
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
         client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
@@ -1010,7 +1011,7 @@ mod tests {
             }
         }
         let p = Publisher::default();
-        let dest = broker(&format!("mqtt://127.0.0.1:1883/{topic}"));
+        let dest = broker(&format!("{}/{topic}", brokers::mqtt_url()));
         let publisher = p.clone();
         let sent = tokio::spawn(async move {
             for id in ["m1", "m2", "m3"] {
@@ -1034,13 +1035,13 @@ mod tests {
 
     #[tokio::test]
     async fn redis_publishes_to_channels_and_streams() {
-        let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+        let client = redis::Client::open(brokers::redis_url()).unwrap();
         let channel = unique("wisp-test-channel");
         let mut pubsub = client.get_async_pubsub().await.unwrap();
         pubsub.subscribe(&channel).await.unwrap();
         let p = Publisher::default();
         p.publish(
-            &broker(&format!("redis://127.0.0.1:6379/?channel={channel}")),
+            &broker(&format!("{}/?channel={channel}", brokers::redis_url())),
             &event("r1"),
         )
         .await
@@ -1053,7 +1054,7 @@ mod tests {
 
         let key = unique("wisp-test-stream");
         p.publish(
-            &broker(&format!("redis://127.0.0.1:6379/?stream={key}")),
+            &broker(&format!("{}/?stream={key}", brokers::redis_url())),
             &event("r2"),
         )
         .await
@@ -1092,8 +1093,8 @@ mod tests {
         let proxy = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
-                    {
+                    let redis = brokers::host_port(brokers::redis_url());
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(redis).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
@@ -1117,7 +1118,7 @@ mod tests {
             (3, 0, 2),
             "{stats:?}"
         );
-        let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+        let client = redis::Client::open(brokers::redis_url()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let len: u64 = redis::cmd("XLEN")
             .arg(&key)

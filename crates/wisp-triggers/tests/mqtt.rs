@@ -1,7 +1,7 @@
-//! The MQTT source against a real Mosquitto: the shared broker on
-//! 127.0.0.1:1883 for topic filters, event mapping, acknowledgements and
-//! persistent sessions (MQTT 5 and 3.1.1), and private brokers on free
-//! ports for outages.
+//! The MQTT source against a real Mosquitto: the shared broker at
+//! [`brokers::mqtt_url`] for topic filters, event mapping,
+//! acknowledgements and persistent sessions (MQTT 5 and 3.1.1), and
+//! private brokers ([`brokers::mosquitto_bin`]) on free ports for outages.
 
 mod common;
 
@@ -16,16 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use wisp_events::{AttributesReader, Data};
+use wisp_testkit::brokers;
+use wisp_triggers::spec::redact_url;
 use wisp_triggers::{State, Status};
 
-/// The shared broker.
-const SHARED: u16 = 1883;
-
-/// A trigger spec for `topic` on the broker at `port`.
-fn spec(port: u16, topic: &str, protocol: &str) -> serde_json::Value {
+/// A trigger spec for `topic` on the broker at `url`.
+fn spec(url: &str, topic: &str, protocol: &str) -> serde_json::Value {
     serde_json::json!({"target": "f", "source": {
         "kind": "mqtt",
-        "url": format!("mqtt://127.0.0.1:{port}"),
+        "url": url,
         "topic": topic,
         "protocol": protocol,
     }})
@@ -48,11 +47,12 @@ fn plain(topic: impl Into<String>, payload: &str) -> Msg {
     )
 }
 
-/// Publishes `messages` at QoS 1 (MQTT 5) in order and returns once the
-/// broker acknowledged each.
-async fn publish(port: u16, messages: Vec<Msg>) {
+/// Publishes `messages` at QoS 1 (MQTT 5) to the broker at `url` in order
+/// and returns once the broker acknowledged each.
+async fn publish(url: &str, messages: Vec<Msg>) {
     let n = messages.len();
-    let mut options = MqttOptions::new(unique("pub"), "127.0.0.1", port);
+    let (host, port) = brokers::host_port(url);
+    let mut options = MqttOptions::new(unique("pub"), host, port);
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, n + 4);
     for (topic, payload, properties) in messages {
@@ -67,7 +67,7 @@ async fn publish(port: u16, messages: Vec<Msg>) {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(_) => {}
-                Err(e) => panic!("publishing to 127.0.0.1:{port} failed: {e}"),
+                Err(e) => panic!("publishing to {} failed: {e}", redact_url(url)),
             }
         }
     })
@@ -94,7 +94,8 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut rumqttc::v5::EventLoop
 /// Removes trigger `name`'s persistent session from the shared broker
 /// (connects with a clean start and no session expiry).
 async fn forget_session(name: &str) {
-    let options = MqttOptions::new(format!("wisp-{name}"), "127.0.0.1", SHARED);
+    let (host, port) = brokers::host_port(brokers::mqtt_url());
+    let options = MqttOptions::new(format!("wisp-{name}"), host, port);
     let (client, mut eventloop) = AsyncClient::new(options, 4);
     let connected = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -156,7 +157,10 @@ fn payload(e: &wisp_events::Event) -> String {
 async fn plus_wildcard_maps_messages_to_events(protocol: &str) {
     let u = unique("wisp");
     let name = trigger_name();
-    let run = start(&name, spec(SHARED, &format!("{u}/+/temp"), protocol));
+    let run = start(
+        &name,
+        spec(brokers::mqtt_url(), &format!("{u}/+/temp"), protocol),
+    );
     active(&run).await;
     let props = PublishProperties {
         user_properties: vec![("site".into(), "berlin".into())],
@@ -164,7 +168,7 @@ async fn plus_wildcard_maps_messages_to_events(protocol: &str) {
         ..Default::default()
     };
     publish(
-        SHARED,
+        brokers::mqtt_url(),
         vec![
             (
                 format!("{u}/room1/temp"),
@@ -196,7 +200,7 @@ async fn plus_wildcard_maps_messages_to_events(protocol: &str) {
     assert_eq!(status.delivered, 2);
     for e in &events {
         assert_eq!(e.ty(), "wisp.mqtt.message");
-        assert_eq!(e.source().to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(e.source().to_string(), redact_url(brokers::mqtt_url()));
         assert_eq!(e.id().len(), 32);
         assert_eq!(ext(e, "mqttqos").as_deref(), Some("1"));
         assert_eq!(ext(e, "mqttretain").as_deref(), Some("false"));
@@ -235,10 +239,10 @@ async fn v311_plus_wildcard_maps_messages() {
 async fn hash_wildcard_matches_the_parent_and_every_level_below() {
     let u = unique("wisp");
     let name = trigger_name();
-    let run = start(&name, spec(SHARED, &format!("{u}/#"), "5"));
+    let run = start(&name, spec(brokers::mqtt_url(), &format!("{u}/#"), "5"));
     active(&run).await;
     publish(
-        SHARED,
+        brokers::mqtt_url(),
         vec![
             plain(u.clone(), "parent"),
             plain(format!("{u}/a"), "one"),
@@ -269,14 +273,14 @@ async fn refused_messages_are_redelivered(protocol: &str) {
     sink.refuse.store(true, Ordering::SeqCst);
     let run = start_with(
         &name,
-        spec(SHARED, &format!("{u}/orders"), protocol),
+        spec(brokers::mqtt_url(), &format!("{u}/orders"), protocol),
         sink.clone(),
         Arc::default(),
     );
     active(&run).await;
     let topic = format!("{u}/orders");
     publish(
-        SHARED,
+        brokers::mqtt_url(),
         vec![
             plain(topic.clone(), "m0"),
             plain(topic.clone(), "m1"),
@@ -333,16 +337,16 @@ async fn session_keeps_messages_while_stopped(protocol: &str) {
     let u = unique("wisp");
     let name = trigger_name();
     let topic = format!("{u}/readings");
-    let run = start(&name, spec(SHARED, &topic, protocol));
+    let run = start(&name, spec(brokers::mqtt_url(), &topic, protocol));
     active(&run).await;
     run.stop().await;
     let sent: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
     publish(
-        SHARED,
+        brokers::mqtt_url(),
         sent.iter().map(|p| plain(topic.clone(), p)).collect(),
     )
     .await;
-    let run = start(&name, spec(SHARED, &topic, protocol));
+    let run = start(&name, spec(brokers::mqtt_url(), &topic, protocol));
     let events = run.sink.wait_for(5, Duration::from_secs(15)).await;
     run.stop().await;
     forget_session(&name).await;
@@ -369,7 +373,7 @@ async fn an_invalid_cloudevent_is_acknowledged_and_counted_as_failed() {
     let u = unique("wisp");
     let name = trigger_name();
     let topic = format!("{u}/events");
-    let run = start(&name, spec(SHARED, &topic, "5"));
+    let run = start(&name, spec(brokers::mqtt_url(), &topic, "5"));
     active(&run).await;
     let ce = |props: &[(&str, &str)]| PublishProperties {
         user_properties: props
@@ -379,7 +383,7 @@ async fn an_invalid_cloudevent_is_acknowledged_and_counted_as_failed() {
         ..Default::default()
     };
     publish(
-        SHARED,
+        brokers::mqtt_url(),
         vec![
             // Claims to be a CloudEvent (binary mode) without id, source, type.
             (
@@ -420,7 +424,7 @@ async fn an_invalid_cloudevent_is_acknowledged_and_counted_as_failed() {
         "{status:?}"
     );
     // All three were acknowledged: nothing comes back after a restart.
-    let run = start(&name, spec(SHARED, &topic, "5"));
+    let run = start(&name, spec(brokers::mqtt_url(), &topic, "5"));
     active(&run).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let status = run.health().snapshot();
@@ -437,13 +441,13 @@ struct PrivateBroker {
 
 impl PrivateBroker {
     async fn start(port: u16) -> PrivateBroker {
-        let child = Command::new("/usr/sbin/mosquitto")
+        let child = Command::new(brokers::mosquitto_bin())
             .args(["-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start /usr/sbin/mosquitto");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", brokers::mosquitto_bin().display()));
         let mut broker = PrivateBroker { child };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -475,9 +479,10 @@ impl Drop for PrivateBroker {
 #[tokio::test]
 async fn a_broker_outage_degrades_the_trigger_until_the_broker_is_back() {
     let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
     let broker = PrivateBroker::start(port).await;
     let u = unique("wisp");
-    let run = start(&trigger_name(), spec(port, &format!("{u}/#"), "5"));
+    let run = start(&trigger_name(), spec(&url, &format!("{u}/#"), "5"));
     active(&run).await;
 
     drop(broker);
@@ -493,7 +498,7 @@ async fn a_broker_outage_degrades_the_trigger_until_the_broker_is_back() {
         "not active again: {:?}",
         run.health().snapshot()
     );
-    publish(port, vec![plain(format!("{u}/x"), "after the outage")]).await;
+    publish(&url, vec![plain(format!("{u}/x"), "after the outage")]).await;
     let events = run.sink.wait_for(1, Duration::from_secs(10)).await;
     run.stop().await;
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -503,8 +508,9 @@ async fn a_broker_outage_degrades_the_trigger_until_the_broker_is_back() {
 #[tokio::test]
 async fn a_trigger_started_before_its_broker_becomes_active_when_it_starts() {
     let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
     let u = unique("wisp");
-    let run = start(&trigger_name(), spec(port, &format!("{u}/+"), "3.1.1"));
+    let run = start(&trigger_name(), spec(&url, &format!("{u}/+"), "3.1.1"));
     let (status, degraded) = wait_status(&run, Duration::from_secs(5), |s| {
         s.state == State::Degraded && s.last_error.is_some()
     })
@@ -514,7 +520,7 @@ async fn a_trigger_started_before_its_broker_becomes_active_when_it_starts() {
         status
             .last_error
             .as_deref()
-            .is_some_and(|e| e.contains(&format!("cannot connect to mqtt://127.0.0.1:{port}"))),
+            .is_some_and(|e| e.contains(&format!("cannot connect to {url}"))),
         "{status:?}"
     );
 
@@ -524,7 +530,7 @@ async fn a_trigger_started_before_its_broker_becomes_active_when_it_starts() {
         "not active: {:?}",
         run.health().snapshot()
     );
-    publish(port, vec![plain(format!("{u}/x"), "hello")]).await;
+    publish(&url, vec![plain(format!("{u}/x"), "hello")]).await;
     let events = run.sink.wait_for(1, Duration::from_secs(10)).await;
     run.stop().await;
     assert_eq!(events.len(), 1, "{events:#?}");

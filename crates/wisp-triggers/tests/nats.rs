@@ -1,8 +1,9 @@
-//! The NATS source against a real NATS server with JetStream at
-//! 127.0.0.1:4222: core subjects with wildcards and queue groups, filters,
-//! JetStream durable consumers acknowledged only after the event is
-//! queued, ordered mode with bisection, and connection faults against a
-//! private `nats-server` started on a free port.
+//! The NATS source against a real NATS server with JetStream (the shared
+//! one at [`brokers::nats_url`]): core subjects with wildcards and queue
+//! groups, filters, JetStream durable consumers acknowledged only after
+//! the event is queued, ordered mode with bisection, and connection faults
+//! against a private `nats-server` ([`brokers::nats_server_bin`]) started
+//! on a free port.
 
 mod common;
 
@@ -17,14 +18,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_core::Target;
 use wisp_events::{AttributesReader, Data, Event};
-use wisp_testkit::wait_until;
+use wisp_testkit::{brokers, wait_until};
+use wisp_triggers::spec::redact_url;
 use wisp_triggers::{
     BatchOutcome, Delivery, EventSink, Health, SinkError, SourceContext, State, Trigger,
     TriggerSpec,
 };
 
-const URL: &str = "nats://127.0.0.1:4222";
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
 /// Longest any test may run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to watch for events that must not arrive.
@@ -71,7 +71,13 @@ fn seq(event: &Event) -> u64 {
         .expect("a numeric natsseq")
 }
 
+/// A trigger spec for the NATS `source`, on the shared server unless it
+/// names a `url`.
 fn nats(source: serde_json::Value) -> serde_json::Value {
+    let mut source = source;
+    if source.get("url").is_none() {
+        source["url"] = brokers::nats_url().into();
+    }
     serde_json::json!({"target": "f", "source": source})
 }
 
@@ -106,7 +112,7 @@ async fn create_stream(js: &jetstream::Context, name: &str, prefix: &str) {
 }
 
 async fn delete_stream(name: &str) {
-    let js = jetstream::new(client(URL).await);
+    let js = jetstream::new(client(brokers::nats_url()).await);
     let _ = js.delete_stream(name).await;
 }
 
@@ -159,10 +165,10 @@ async fn core_wildcard_subject_maps_messages_to_events() {
         async move {
             let run = started(
                 "core-wildcard",
-                nats(serde_json::json!({"kind": "nats", "url": URL, "subject": format!("{prefix}.orders.*")})),
+                nats(serde_json::json!({"kind": "nats", "subject": format!("{prefix}.orders.*")})),
             )
             .await;
-            let nc = client(URL).await;
+            let nc = client(brokers::nats_url()).await;
             let regions = ["eu", "us", "asia"];
             for (n, region) in regions.iter().enumerate() {
                 nc.publish_with_headers(
@@ -174,8 +180,12 @@ async fn core_wildcard_subject_maps_messages_to_events() {
                 .unwrap();
             }
             // Neither matches `orders.*`.
-            nc.publish(format!("{prefix}.other.eu"), "no".into()).await.unwrap();
-            nc.publish(format!("{prefix}.orders.eu.deep"), "no".into()).await.unwrap();
+            nc.publish(format!("{prefix}.other.eu"), "no".into())
+                .await
+                .unwrap();
+            nc.publish(format!("{prefix}.orders.eu.deep"), "no".into())
+                .await
+                .unwrap();
             nc.flush().await.unwrap();
 
             let events = run.sink.wait_for(3, Duration::from_secs(10)).await;
@@ -183,11 +193,15 @@ async fn core_wildcard_subject_maps_messages_to_events() {
             let sink = run.stop().await;
             let events_after = sink.events();
             assert_eq!(events.len(), 3, "{events:?}");
-            assert_eq!(events_after.len(), 3, "a non-matching message arrived: {events_after:?}");
+            assert_eq!(
+                events_after.len(),
+                3,
+                "a non-matching message arrived: {events_after:?}"
+            );
             let mut seen = BTreeSet::new();
             for e in &events {
                 assert_eq!(e.ty(), "wisp.nats.message");
-                assert_eq!(e.source().to_string(), URL);
+                assert_eq!(e.source().to_string(), redact_url(brokers::nats_url()));
                 assert_eq!(e.id().len(), 32, "a generated id: {}", e.id());
                 assert_eq!(e.datacontenttype(), Some("application/json"));
                 let subject = e.subject().expect("a subject").to_string();
@@ -217,7 +231,7 @@ async fn cloudevents_are_taken_as_they_are_and_invalid_ones_are_counted() {
                 nats(serde_json::json!({"kind": "nats", "subject": subject})),
             )
             .await;
-            let nc = client(URL).await;
+            let nc = client(brokers::nats_url()).await;
             // Claims to be a CloudEvent, but has no id, source or type.
             nc.publish_with_headers(
                 subject.clone(),
@@ -280,7 +294,7 @@ async fn a_queue_group_shares_the_messages_without_duplicates() {
             );
             let a = started("queue-a", spec.clone()).await;
             let b = started("queue-b", spec).await;
-            let nc = client(URL).await;
+            let nc = client(brokers::nats_url()).await;
             for n in 0..N {
                 nc.publish_with_headers(
                     subject.clone(),
@@ -330,11 +344,11 @@ async fn filters_count_and_drop_events() {
                 serde_json::json!({
                     "target": "f",
                     "filters": [{"exact": {"subject": format!("{prefix}.a")}}],
-                    "source": {"kind": "nats", "subject": format!("{prefix}.*")}
+                    "source": {"kind": "nats", "url": brokers::nats_url(), "subject": format!("{prefix}.*")}
                 }),
             )
             .await;
-            let nc = client(URL).await;
+            let nc = client(brokers::nats_url()).await;
             for subject in ["a", "b", "b", "a", "b"] {
                 nc.publish(format!("{prefix}.{subject}"), "x".into())
                     .await
@@ -376,7 +390,7 @@ async fn jetstream_durable_acks_after_queueing_and_redelivers_refused_messages()
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             for n in 0..N {
                 publish_js(
@@ -514,7 +528,7 @@ async fn jetstream_invalid_cloudevents_are_terminated() {
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             publish_js(
                 &js,
@@ -599,7 +613,7 @@ async fn jetstream_ordered_mode_runs_batches_in_order_and_bisects_failures() {
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             for n in 1..=N {
                 publish_js(
@@ -704,7 +718,7 @@ async fn jetstream_ordered_mode_keeps_order_across_refusals() {
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             for n in 1..=12u64 {
                 publish_js(&js, format!("{prefix}.e"), json_headers(&[]), n.to_string().into_bytes()).await;
@@ -766,7 +780,7 @@ async fn ordered_mode_after_a_lost_batch_redelivers_it_first() {
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             for n in 1..=10u64 {
                 publish_js(
@@ -866,7 +880,7 @@ async fn a_jetstream_backlog_is_queued_in_groups() {
     let cleanup_name = stream_name.clone();
     bounded(
         async move {
-            let js = jetstream::new(client(URL).await);
+            let js = jetstream::new(client(brokers::nats_url()).await);
             create_stream(&js, &stream_name, &prefix).await;
             let mut acks = Vec::with_capacity(N);
             for n in 0..N {
@@ -934,13 +948,13 @@ impl PrivateServer {
     }
 
     async fn start_with(port: u16, args: &[&str]) -> PrivateServer {
-        let child = std::process::Command::new(NATS_SERVER)
+        let child = std::process::Command::new(brokers::nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("starting nats-server");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", brokers::nats_server_bin().display()));
         let server = PrivateServer(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port))

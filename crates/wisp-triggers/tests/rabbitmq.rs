@@ -1,8 +1,8 @@
-//! The RabbitMQ source against a real broker (127.0.0.1:5672, guest/guest,
-//! vhost `/`): messages become events and are acknowledged only once
-//! queued, bindings route, CloudEvents pass through, refused messages are
-//! requeued or dead-lettered, poison is rejected, and lost consumers and
-//! unreachable brokers are reported and recovered from.
+//! The RabbitMQ source against a real broker (the shared one at
+//! [`brokers::amqp_url`]): messages become events and are acknowledged
+//! only once queued, bindings route, CloudEvents pass through, refused
+//! messages are requeued or dead-lettered, poison is rejected, and lost
+//! consumers and unreachable brokers are reported and recovered from.
 //!
 //! Every queue is unique to the test and deleted at its end; every wait is
 //! bounded.
@@ -23,13 +23,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_core::Target;
 use wisp_events::{AttributesReader, Data, Event};
-use wisp_testkit::wait_until;
+use wisp_testkit::{brokers, wait_until};
+use wisp_triggers::spec::redact_url;
 use wisp_triggers::{
     BatchOutcome, Delivery, EventSink, Health, SinkError, SourceContext, State, Trigger,
     TriggerSpec,
 };
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Longest wait for anything the broker or the source does.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,8 +51,8 @@ struct Broker {
 impl Broker {
     async fn connect() -> Broker {
         let connection = amqp(
-            "connect to RabbitMQ at 127.0.0.1:5672",
-            Connection::connect(URL, ConnectionProperties::default()),
+            &format!("connect to RabbitMQ at {}", redact_url(brokers::amqp_url())),
+            Connection::connect(brokers::amqp_url(), ConnectionProperties::default()),
         )
         .await;
         let channel = amqp("open a channel", connection.create_channel()).await;
@@ -166,7 +166,8 @@ fn json_properties() -> BasicProperties {
 }
 
 fn trigger(queue: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut source = serde_json::json!({"kind": "rabbitmq", "url": URL, "queue": queue});
+    let mut source =
+        serde_json::json!({"kind": "rabbitmq", "url": brokers::amqp_url(), "queue": queue});
     if let (Some(source), Some(extra)) = (source.as_object_mut(), extra.as_object()) {
         source.extend(extra.clone());
     }
@@ -225,7 +226,7 @@ async fn messages_become_events_and_are_acked_once_queued() {
         assert_eq!(e.ty(), "wisp.rabbitmq.message");
         assert_eq!(
             e.source().to_string(),
-            format!("amqp://guest:***@127.0.0.1:5672/%2f/{queue}")
+            format!("{}/{queue}", redact_url(brokers::amqp_url()))
         );
         assert_eq!(e.subject(), Some(queue.as_str()), "routing key");
         if n % 2 == 0 {

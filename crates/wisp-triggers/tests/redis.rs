@@ -1,8 +1,9 @@
 //! The Redis source against a real server: pub/sub channels and patterns,
 //! streams read through a consumer group and acknowledged only after the
 //! events are queued, ordered stream mode, and recovery when the server
-//! goes away. Uses the shared server on 127.0.0.1:6379 with unique keys,
-//! and private servers on free ports for the fault tests.
+//! goes away. Uses the shared server ([`brokers::redis_url`]) with unique
+//! keys, and private servers ([`brokers::redis_server_bin`]) on free ports
+//! for the fault tests.
 
 mod common;
 
@@ -15,12 +16,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wisp_core::Target;
 use wisp_events::{AttributesReader, Data, Event};
+use wisp_testkit::brokers;
+use wisp_triggers::spec::redact_url;
 use wisp_triggers::{
     BatchOutcome, Delivery, EventSink, Health, SinkError, SourceContext, State, Status, Trigger,
     TriggerSpec,
 };
 
-const URL: &str = "redis://127.0.0.1:6379";
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn connect(url: &str) -> MultiplexedConnection {
@@ -28,7 +30,7 @@ async fn connect(url: &str) -> MultiplexedConnection {
         .expect("a Redis URL")
         .get_multiplexed_async_connection()
         .await
-        .expect("Redis on 127.0.0.1:6379 (and private servers) must be reachable")
+        .unwrap_or_else(|e| panic!("Redis at {}: {e}", redact_url(url)))
 }
 
 fn data_bytes(e: &Event) -> Vec<u8> {
@@ -95,11 +97,13 @@ async fn pubsub_channels_and_patterns_deliver_matching_messages() {
     let pattern = format!("{prefix}.*");
     let channels = start(
         "redis-channels",
-        redis_source(serde_json::json!({"url": URL, "channels": [a, b]})),
+        redis_source(serde_json::json!({"url": brokers::redis_url(), "channels": [a, b]})),
     );
     let patterns = start(
         "redis-patterns",
-        redis_source(serde_json::json!({"url": URL, "channels": [pattern], "pattern": true})),
+        redis_source(
+            serde_json::json!({"url": brokers::redis_url(), "channels": [pattern], "pattern": true}),
+        ),
     );
     assert!(
         channels.wait_active(WAIT).await,
@@ -112,7 +116,7 @@ async fn pubsub_channels_and_patterns_deliver_matching_messages() {
         patterns.health().snapshot()
     );
 
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     let mut publish = async |channel: &str, payload: &str| -> i64 {
         con.publish(channel, payload).await.unwrap()
     };
@@ -148,7 +152,7 @@ async fn pubsub_channels_and_patterns_deliver_matching_messages() {
     );
     for e in &got {
         assert_eq!(e.ty(), "wisp.redis.message");
-        assert_eq!(e.source().to_string(), URL);
+        assert_eq!(e.source().to_string(), redact_url(brokers::redis_url()));
         assert_eq!(e.datacontenttype(), Some("application/octet-stream"));
         assert_eq!(ext(e, "redispattern"), None);
         assert_eq!(e.id().len(), 32, "a generated id");
@@ -208,7 +212,7 @@ impl EventSink for SlowSink {
 async fn pubsub_drops_and_counts_what_overflows_its_buffer() {
     let channel = unique("wisp-flood");
     let spec: TriggerSpec = serde_json::from_value(redis_source(
-        serde_json::json!({"url": URL, "channels": [channel]}),
+        serde_json::json!({"url": brokers::redis_url(), "channels": [channel]}),
     ))
     .unwrap();
     let target = spec.validate().unwrap();
@@ -242,7 +246,7 @@ async fn pubsub_drops_and_counts_what_overflows_its_buffer() {
 
     // Far more than the buffer, while the queue is busy with the first.
     const N: u64 = 3000;
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     let mut pipe = redis::pipe();
     for i in 0..N {
         pipe.publish(&channel, i).ignore();
@@ -276,7 +280,7 @@ async fn pubsub_drops_and_counts_what_overflows_its_buffer() {
 #[tokio::test]
 async fn stream_entries_are_delivered_then_acknowledged() {
     let key = unique("wisp-stream");
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     let mut ids = Vec::new();
     for i in 0..50 {
         let id: String = if i % 2 == 0 {
@@ -302,7 +306,9 @@ async fn stream_entries_are_delivered_then_acknowledged() {
     }
     let run = start(
         "redis-stream",
-        redis_source(serde_json::json!({"url": URL, "stream": {"key": key, "start": "0"}})),
+        redis_source(
+            serde_json::json!({"url": brokers::redis_url(), "stream": {"key": key, "start": "0"}}),
+        ),
     );
     let events = run.sink.wait_for(50, WAIT).await;
     assert_eq!(events.len(), 50, "{:?}", run.health().snapshot());
@@ -315,7 +321,7 @@ async fn stream_entries_are_delivered_then_acknowledged() {
     assert_eq!(seen, ids, "in stream order");
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.ty(), "wisp.redis.stream.entry");
-        assert_eq!(e.source().to_string(), URL);
+        assert_eq!(e.source().to_string(), redact_url(brokers::redis_url()));
         assert_eq!(e.subject(), Some(key.as_str()));
         assert_eq!(e.id(), format!("{key}/{}", ids[i]));
         assert_eq!(ext(e, "redisstream").as_deref(), Some(key.as_str()));
@@ -358,7 +364,7 @@ async fn stream_entries_are_delivered_then_acknowledged() {
 async fn stream_entries_stay_pending_until_the_queue_takes_them() {
     let key = unique("wisp-stream-refused");
     let group = "wisp-redis-refused";
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     for i in 0..5 {
         let _: String = con
             .xadd(&key, "*", &[("data", i.to_string())])
@@ -369,7 +375,9 @@ async fn stream_entries_stay_pending_until_the_queue_takes_them() {
     sink.refuse.store(true, Ordering::SeqCst);
     let run = start_with(
         "redis-refused",
-        redis_source(serde_json::json!({"url": URL, "stream": {"key": key, "start": "0"}})),
+        redis_source(
+            serde_json::json!({"url": brokers::redis_url(), "stream": {"key": key, "start": "0"}}),
+        ),
         sink.clone(),
         Arc::new(FakeCursors::default()),
     );
@@ -410,7 +418,7 @@ async fn stream_entries_stay_pending_until_the_queue_takes_them() {
 async fn entries_pending_on_a_dead_consumer_are_claimed() {
     let key = unique("wisp-stream-claim");
     let group = "wisp-redis-claim";
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let id: String = con
@@ -444,7 +452,9 @@ async fn entries_pending_on_a_dead_consumer_are_claimed() {
         .unwrap();
     let run = start(
         "redis-claim",
-        redis_source(serde_json::json!({"url": URL, "stream": {"key": key, "group": group}})),
+        redis_source(
+            serde_json::json!({"url": brokers::redis_url(), "stream": {"key": key, "group": group}}),
+        ),
     );
     let events = run.sink.wait_for(2, WAIT).await;
     assert_eq!(wait_pending(&mut con, &key, group, 1, WAIT).await, 1);
@@ -491,7 +501,7 @@ async fn add_cloudevents(con: &mut MultiplexedConnection, key: &str, prefix: &st
 
 fn ordered_spec(key: &str) -> serde_json::Value {
     redis_source(serde_json::json!({
-        "url": URL,
+        "url": brokers::redis_url(),
         "stream": {"key": key, "start": "0", "ordered": {"max_events": 10}}
     }))
 }
@@ -499,7 +509,7 @@ fn ordered_spec(key: &str) -> serde_json::Value {
 #[tokio::test]
 async fn ordered_mode_runs_batches_in_stream_order() {
     let key = unique("wisp-ordered");
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     add_cloudevents(&mut con, &key, "ev", 30).await;
     let run = start("redis-ordered", ordered_spec(&key));
     let events = run.sink.wait_for(30, WAIT).await;
@@ -533,7 +543,7 @@ async fn ordered_mode_runs_batches_in_stream_order() {
 #[tokio::test]
 async fn ordered_mode_bisects_around_a_poisoned_entry() {
     let key = unique("wisp-ordered-poison");
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     add_cloudevents(&mut con, &key, "ev", 30).await;
     let sink = Arc::new(FakeSink::default());
     *sink.poison_id.lock().unwrap() = Some("ev-13".into());
@@ -571,7 +581,7 @@ async fn ordered_mode_bisects_around_a_poisoned_entry() {
 #[tokio::test]
 async fn an_invalid_cloudevent_entry_is_acknowledged_and_counted() {
     let key = unique("wisp-stream-invalid");
-    let mut con = connect(URL).await;
+    let mut con = connect(brokers::redis_url()).await;
     let _: String = con.xadd(&key, "*", &[("data", "first")]).await.unwrap();
     // Claims to be a CloudEvent, lacks id, source and type.
     let bad: String = con
@@ -581,7 +591,9 @@ async fn an_invalid_cloudevent_entry_is_acknowledged_and_counted() {
     let _: String = con.xadd(&key, "*", &[("data", "last")]).await.unwrap();
     let run = start(
         "redis-invalid",
-        redis_source(serde_json::json!({"url": URL, "stream": {"key": key, "start": "0"}})),
+        redis_source(
+            serde_json::json!({"url": brokers::redis_url(), "stream": {"key": key, "start": "0"}}),
+        ),
     );
     let events = run.sink.wait_for(2, WAIT).await;
     let data: Vec<Vec<u8>> = events.iter().map(data_bytes).collect();
@@ -622,13 +634,13 @@ impl PrivateRedis {
 
     /// Starts (or restarts) the server and waits until it answers.
     async fn start(&mut self) {
-        let child = std::process::Command::new("/usr/bin/redis-server")
+        let child = std::process::Command::new(brokers::redis_server_bin())
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("/usr/bin/redis-server");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", brokers::redis_server_bin().display()));
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
