@@ -49,6 +49,11 @@ pub struct Host {
     pub(crate) limiter: MemoryLimiter,
     /// Set when the guest yields at an epoch tick (see [`crate::lanes`]).
     pub(crate) yielded: crate::lanes::Yielded,
+    /// The status of the invocation's response head once it is set (0
+    /// before), and whether the guest may still run one tick past it
+    /// without yielding, to return and so end its response at once.
+    pub(crate) head: Option<std::sync::Arc<std::sync::atomic::AtomicU16>>,
+    pub(crate) tail_grace: bool,
 }
 
 impl WasiView for Host {

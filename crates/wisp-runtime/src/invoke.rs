@@ -199,7 +199,22 @@ impl Inner {
         // from then on, runs only in a lane: see [`crate::lanes`]), so a
         // CPU loop cannot hold a worker thread or keep another function's
         // requests waiting, and the timeout can stop it.
-        store.epoch_deadline_callback(|ctx| Ok(crate::lanes::on_tick(&ctx.data().yielded)));
+        store.epoch_deadline_callback(|mut ctx| {
+            let host = ctx.data_mut();
+            // A guest that has set its response head gets one tick more to
+            // return: its response then ends (with its length) at once,
+            // rather than when the guest is next given the CPU.
+            if host.tail_grace
+                && host
+                    .head
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Relaxed) != 0)
+            {
+                host.tail_grace = false;
+                return Ok(wasmtime::UpdateDeadline::Continue(1));
+            }
+            Ok(crate::lanes::on_tick(&host.yielded))
+        });
         LiveInstance {
             store,
             proxy: None,
@@ -283,6 +298,8 @@ impl Inner {
             hooks: DenyOutbound,
             limiter: MemoryLimiter::default(),
             yielded: Default::default(),
+            head: None,
+            tail_grace: false,
         };
         Spare {
             host,
@@ -311,6 +328,7 @@ impl Inner {
         drop((_slot, _memory));
         host.table = ResourceTable::new();
         host.context = RequestContext::default();
+        host.head = None;
         host.wasi = wasi_ctx(&stdout, &stderr);
         self.pool.put_spare(Spare {
             host,
@@ -400,12 +418,14 @@ impl Inner {
             request_id: std::mem::take(&mut pending.request_id),
         };
         host.limiter.exceeded = false;
+        let status = Arc::new(AtomicU16::new(0));
+        host.head = Some(status.clone());
+        host.tail_grace = true;
         // The first yield is one tick from now (then one per tick, as set
         // up with the store).
         instance.store.set_epoch_deadline(1);
 
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let status = Arc::new(AtomicU16::new(0));
         let set_status = status.clone();
         let prepared = (|| -> wasmtime::Result<_> {
             let request = request.map(|body| {
