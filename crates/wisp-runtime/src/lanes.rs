@@ -247,7 +247,9 @@ pub(crate) struct Fair<F> {
     inner: F,
     lanes: Arc<Lanes>,
     tenant: Arc<Tenant>,
-    ticket: Arc<Ticket>,
+    /// Its place in line, made when it is first gated (most invocations
+    /// never are).
+    ticket: Option<Arc<Ticket>>,
     yielded: Yielded,
     /// Whether it has yielded (and so takes a lane for each poll).
     gated: bool,
@@ -260,7 +262,7 @@ impl<F> Fair<F> {
             inner,
             lanes,
             tenant,
-            ticket: Ticket::new(),
+            ticket: None,
             yielded,
             gated: false,
         }
@@ -301,7 +303,7 @@ impl<F: Future + Unpin> Future for Fair<F> {
             }
             return polled;
         }
-        let ticket = &this.ticket;
+        let ticket = this.ticket.get_or_insert_with(Ticket::new);
         {
             let mut waker = lock(&ticket.waker);
             match waker.as_mut() {
@@ -346,12 +348,11 @@ impl<F: Future + Unpin> Future for Fair<F> {
 
 impl<F> Drop for Fair<F> {
     fn drop(&mut self) {
-        match self.ticket.state.compare_exchange(
-            WAITING,
-            CANCELLED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        let Some(ticket) = &self.ticket else { return };
+        match ticket
+            .state
+            .compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
             // Left in its tenant's line, skipped when its turn comes.
             Ok(_) => {}
             Err(GRANTED) => {
@@ -430,7 +431,9 @@ mod tests {
     }
 
     fn state(f: &Fair<Work>) -> u8 {
-        f.ticket.state.load(Ordering::SeqCst)
+        f.ticket
+            .as_ref()
+            .map_or(IDLE, |t| t.state.load(Ordering::SeqCst))
     }
 
     /// Holds the only lane from outside a poll, as a poll in progress
